@@ -1,0 +1,196 @@
+//! Per-vCPU CPUID (Intel SDM vol. 2A "CPUID"): the host's supported set from
+//! `KVM_GET_SUPPORTED_CPUID`, with each vCPU's APIC ID and the package topology (leaves 0x1,
+//! 0x4, 0xb, 0x1f) filled in and the hypervisor bit set.
+//!
+//! It also holds the *PVM compatibility CPU model*: on hosts whose KVM runs guest kernels under
+//! an instruction emulator (kvm-pvm), the features whose instructions that emulator lacks are
+//! hidden from the guest, and `PVM_GUEST_CMDLINE` tells Linux the same.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+/// Guest kernel options that match the PVM compatibility CPU model: no XSAVE, no RDRAND, no
+/// page-table isolation, and `clearcpuid=` (bit numbers of Linux 6.1's cpufeatures.h) for
+/// CX16, POPCNT, SMAP/SMEP, FSGSBASE, PCID, INVPCID, RDSEED, RDRAND, AVX*, XSAVE, MOVBE,
+/// AES, PCLMULQDQ, SSE4.x, SSSE3, CLFLUSHOPT/CLWB, BMI1/2, UMIP, RDPID and PKU.
+pub const PVM_GUEST_CMDLINE: &str = "noxsave nordrand nopti clearcpuid=141,151,308,295,288,145,298,306,158,156,154,150,153,129,147,148,137,311,312,291,296,293,304,514,534,515,516";
+
+/// (leaf, subleaf or None for all, register, bit) hidden by the PVM compatibility model.
+const PVM_HIDDEN: &[(u32, Option<u32>, Reg, u32)] = &[
+    (1, None, Reg::Ecx, 0),  // PCLMULQDQ
+    (1, None, Reg::Ecx, 9),  // SSSE3
+    (1, None, Reg::Ecx, 12), // FMA
+    (1, None, Reg::Ecx, 13), // CX16 (cmpxchg16b)
+    (1, None, Reg::Ecx, 17), // PCID
+    (1, None, Reg::Ecx, 19), // SSE4.1
+    (1, None, Reg::Ecx, 20), // SSE4.2
+    (1, None, Reg::Ecx, 22), // MOVBE
+    (1, None, Reg::Ecx, 23), // POPCNT
+    (1, None, Reg::Ecx, 25), // AES
+    (1, None, Reg::Ecx, 26), // XSAVE
+    (1, None, Reg::Ecx, 27), // OSXSAVE
+    (1, None, Reg::Ecx, 28), // AVX
+    (1, None, Reg::Ecx, 29), // F16C
+    (1, None, Reg::Ecx, 30), // RDRAND
+    (7, Some(0), Reg::Ebx, 0),  // FSGSBASE
+    (7, Some(0), Reg::Ebx, 3),  // BMI1
+    (7, Some(0), Reg::Ebx, 5),  // AVX2
+    (7, Some(0), Reg::Ebx, 7),  // SMEP
+    (7, Some(0), Reg::Ebx, 8),  // BMI2
+    (7, Some(0), Reg::Ebx, 10), // INVPCID
+    (7, Some(0), Reg::Ebx, 16), // AVX512F
+    (7, Some(0), Reg::Ebx, 18), // RDSEED
+    (7, Some(0), Reg::Ebx, 19), // ADX
+    (7, Some(0), Reg::Ebx, 20), // SMAP
+    (7, Some(0), Reg::Ebx, 23), // CLFLUSHOPT
+    (7, Some(0), Reg::Ebx, 24), // CLWB
+    (7, Some(0), Reg::Ecx, 2),  // UMIP
+    (7, Some(0), Reg::Ecx, 3),  // PKU
+    (7, Some(0), Reg::Ecx, 4),  // OSPKE
+    (7, Some(0), Reg::Ecx, 22), // RDPID
+    (0x8000_0001, None, Reg::Ecx, 5), // ABM (lzcnt)
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Reg {
+    Ebx,
+    Ecx,
+}
+
+/// What to build for one vCPU.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuidParams {
+    /// This vCPU's index, which is also its APIC ID.
+    pub vcpu_id: u8,
+    /// Number of vCPUs in the VM.
+    pub vcpu_count: u8,
+    /// Apply the PVM compatibility CPU model.
+    pub pvm_compat: bool,
+}
+
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+
+fn ceil_log2(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Adjusts the host-supported CPUID `entries` for one vCPU, in place.
+pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
+    let apic_id = u32::from(p.vcpu_id);
+    let count = u32::from(p.vcpu_count.max(1));
+    // One package, `count` cores, one thread per core.
+    let core_bits = ceil_log2(count);
+    for e in entries.iter_mut() {
+        match e.function {
+            0x1 => {
+                e.ebx = (apic_id << 24) | (e.ebx & 0xff00) | ((count & 0xff) << 16);
+                e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if count > 1 {
+                    e.edx |= LEAF1_EDX_HTT;
+                } else {
+                    e.edx &= !LEAF1_EDX_HTT;
+                }
+            }
+            0x4 => {
+                // Cores per package - 1 in bits 31:26; one thread shares each cache level
+                // unless it is the last level, shared by the whole package.
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
+            }
+            0xb | 0x1f => {
+                e.edx = apic_id;
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = 1 << 8;
+                    }
+                    1 => {
+                        e.eax = core_bits;
+                        e.ebx = count;
+                        e.ecx = (2 << 8) | 1;
+                    }
+                    i => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = i;
+                    }
+                }
+            }
+            0xd if p.pvm_compat => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            _ => {}
+        }
+        if p.pvm_compat {
+            for &(leaf, sub, reg, bit) in PVM_HIDDEN {
+                if e.function == leaf && sub.is_none_or(|s| s == e.index) {
+                    match reg {
+                        Reg::Ebx => e.ebx &= !(1 << bit),
+                        Reg::Ecx => e.ecx &= !(1 << bit),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: 0xffff_ffff,
+            ebx: 0xffff_ffff,
+            ecx: 0xffff_ffff,
+            edx: 0xffff_ffff,
+            ..Default::default()
+        }
+    }
+
+    fn host() -> Vec<kvm_cpuid_entry2> {
+        vec![entry(1, 0), entry(7, 0), entry(0xb, 0), entry(0xb, 1), entry(0xd, 0)]
+    }
+
+    #[test]
+    fn apic_id_and_topology() {
+        let mut e = host();
+        filter_cpuid(&mut e, CpuidParams { vcpu_id: 3, vcpu_count: 4, pvm_compat: false });
+        assert_eq!(e[0].ebx >> 24, 3);
+        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
+        assert_ne!(e[0].ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_eq!((e[2].edx, e[3].edx), (3, 3));
+        assert_eq!((e[3].eax, e[3].ebx), (2, 4));
+        // Without the compatibility model nothing is hidden.
+        assert_eq!(e[1].ebx, 0xffff_ffff);
+        assert_ne!(e[0].ecx & (1 << 13), 0);
+    }
+
+    #[test]
+    fn pvm_model_hides_emulator_gaps() {
+        let mut e = host();
+        filter_cpuid(&mut e, CpuidParams { vcpu_id: 0, vcpu_count: 1, pvm_compat: true });
+        assert_eq!(e[0].ecx & (1 << 13), 0, "CX16");
+        assert_eq!(e[0].ecx & (1 << 23), 0, "POPCNT");
+        assert_eq!(e[0].ecx & (1 << 26), 0, "XSAVE");
+        assert_eq!(e[1].ebx & (1 << 20), 0, "SMAP");
+        assert_eq!(e[4].eax, 0, "XSAVE leaf");
+        assert_eq!(e[0].edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn log2() {
+        assert_eq!([1, 2, 3, 4, 5, 254].map(ceil_log2), [0, 1, 2, 2, 3, 8]);
+    }
+}

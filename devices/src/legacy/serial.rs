@@ -1,0 +1,262 @@
+//! 16550A UART (COM1 at 0x3f8, IRQ 4) on vm-superio's `Serial`: guest output goes to any
+//! `Write`, host input is fed from a file descriptor by [`SerialInput`], an event-manager
+//! subscriber. The 64-byte receive FIFO is refilled when the guest drains it, so a fast
+//! producer never loses input. No modem lines, no FIFO trigger levels.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
+use vm_superio::serial::SerialEvents;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+use crate::EventFdTrigger;
+
+/// Tells the input side that the guest emptied the receive FIFO.
+pub struct InputDrained(EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Err(e) = self.0.write(1) {
+            warn!("serial: cannot signal drained input: {e}");
+        }
+    }
+}
+
+/// The UART on the I/O bus. `W` receives the guest's output.
+pub struct Serial<W: Write + Send> {
+    inner: vm_superio::Serial<EventFdTrigger, InputDrained, W>,
+}
+
+impl<W: Write + Send> Serial<W> {
+    /// A UART raising its interrupt on `irq` and writing guest output to `out`. Returns the
+    /// eventfd that fires when the guest drains the input FIFO (for [`SerialInput`]).
+    pub fn new(irq: EventFdTrigger, out: W) -> std::io::Result<(Self, EventFd)> {
+        let drained = EventFd::new(libc::EFD_NONBLOCK)?;
+        let events = InputDrained(drained.try_clone()?);
+        Ok((
+            Self {
+                inner: vm_superio::Serial::with_events(irq, events, out),
+            },
+            drained,
+        ))
+    }
+
+    /// Feeds up to the FIFO's free space of `input` to the guest; returns how much was taken.
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        if self.inner.fifo_capacity() == 0 {
+            return 0;
+        }
+        self.inner.enqueue_raw_bytes(input).unwrap_or_else(|e| {
+            warn!("serial: cannot queue input: {e}");
+            0
+        })
+    }
+
+    /// The output writer.
+    pub fn writer(&self) -> &W {
+        self.inner.writer()
+    }
+}
+
+impl<W: Write + Send> BusDevice for Serial<W> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
+            *b = self.inner.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&b), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            if let Err(e) = self.inner.write(off, b) {
+                // A failing output sink loses the byte, not the VM.
+                log::debug!("serial: write at offset {off}: {e}");
+            }
+        }
+    }
+}
+
+/// Anything that takes console input: the UART.
+pub trait ConsoleInputSink: Send {
+    /// Queues as much of `input` as fits; returns the count taken.
+    fn enqueue_input(&mut self, input: &[u8]) -> usize;
+}
+
+impl<W: Write + Send> ConsoleInputSink for Serial<W> {
+    fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        Serial::enqueue_input(self, input)
+    }
+}
+
+/// Event-manager subscriber moving bytes from an input file descriptor (a terminal, a pipe)
+/// into the UART's receive FIFO, pausing while the FIFO is full.
+pub struct SerialInput {
+    serial: Arc<Mutex<dyn ConsoleInputSink>>,
+    input: File,
+    drained: EventFd,
+    pending: VecDeque<u8>,
+    watching_input: bool,
+}
+
+impl SerialInput {
+    const INPUT: u32 = 0;
+    const DRAINED: u32 = 1;
+    const READ_CHUNK: usize = 64;
+
+    /// Feeds `input` to `serial`; `drained` is the eventfd returned by [`Serial::new`].
+    pub fn new(serial: Arc<Mutex<dyn ConsoleInputSink>>, input: File, drained: EventFd) -> Self {
+        Self {
+            serial,
+            input,
+            drained,
+            pending: VecDeque::new(),
+            watching_input: false,
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut s = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let (a, _) = self.pending.as_slices();
+        let taken = s.enqueue_input(a);
+        self.pending.drain(..taken);
+    }
+
+    fn set_input_watch(&mut self, ops: &mut EventOps, on: bool) {
+        if on == self.watching_input {
+            return;
+        }
+        let ev = Events::with_data(&self.input, Self::INPUT, EventSet::IN);
+        let res = if on { ops.add(ev) } else { ops.remove(ev) };
+        match res {
+            Ok(()) => self.watching_input = on,
+            Err(e) => error!("serial: cannot change input watch: {e:?}"),
+        }
+    }
+
+    fn read_input(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; Self::READ_CHUNK];
+        match self.input.read(&mut buf) {
+            Ok(0) => {
+                // End of input: stop watching it, the VM keeps running.
+                self.set_input_watch(ops, false);
+            }
+            Ok(n) => {
+                self.pending.extend(&buf[..n]);
+                self.flush_pending();
+                if !self.pending.is_empty() {
+                    self.set_input_watch(ops, false);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!("serial: console input failed, no more input: {e}");
+                self.set_input_watch(ops, false);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for SerialInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.set_input_watch(ops, true);
+        if let Err(e) = ops.add(Events::with_data(&self.drained, Self::DRAINED, EventSet::IN)) {
+            error!("serial: cannot watch the receive FIFO: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            Self::INPUT => {
+                if events.event_set().intersects(EventSet::IN) {
+                    self.read_input(ops);
+                } else {
+                    // Hang-up or error with nothing to read.
+                    self.set_input_watch(ops, false);
+                }
+            }
+            Self::DRAINED => {
+                let _ = self.drained.read();
+                self.flush_pending();
+                if self.pending.is_empty() {
+                    self.set_input_watch(ops, true);
+                }
+            }
+            other => {
+                warn!("serial: unexpected event {other}");
+                let _ = ops.remove(events);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SerialInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SerialInput(fd {})", self.input.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THR: u64 = 0;
+    const IER: u64 = 1;
+    const LSR: u64 = 5;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_reaches_the_writer_and_raises_irq() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let out = Shared::default();
+        let (mut s, _drained) =
+            Serial::new(EventFdTrigger(irq.try_clone().expect("clone")), out.clone()).expect("serial");
+        s.write(IER, &[0x2]); // THR-empty interrupt on
+        for b in b"hi\n" {
+            s.write(THR, &[*b]);
+        }
+        assert_eq!(&*out.0.lock().expect("lock"), b"hi\n");
+        assert!(irq.read().expect("irq raised") >= 1);
+    }
+
+    #[test]
+    fn input_fills_fifo_and_signals_drain() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let (mut s, drained) = Serial::new(EventFdTrigger(irq), Shared::default()).expect("serial");
+        let data = [b'x'; 100];
+        let taken = s.enqueue_input(&data);
+        assert_eq!(taken, 64);
+        assert_eq!(s.enqueue_input(&data), 0);
+        let mut lsr = [0u8];
+        s.read(LSR, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut b = [0u8];
+        for _ in 0..64 {
+            s.read(THR, &mut b);
+            assert_eq!(b[0], b'x');
+        }
+        assert_eq!(drained.read().expect("drained signalled"), 1);
+    }
+}
