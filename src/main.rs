@@ -1,1 +1,171 @@
-fn main(){}
+//! `ember`: the command-line front end. It turns arguments into a `vmm::VmConfig`, connects
+//! the VM's console to the terminal, and turns the VM's end into an exit status. Everything
+//! else lives in the `vmm` library.
+
+mod terminal;
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+
+use vmm::{Console, ConsoleInput, ConsoleOutput, PvmMode, Vm, VmConfig};
+
+/// Ember: a minimal, fast and secure virtual machine monitor on Linux KVM.
+///
+/// Boots a Linux kernel (ELF vmlinux or bzImage) with its serial console on this terminal.
+/// Ctrl-C, SIGTERM or SIGHUP stop the VM.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, after_help = EXIT_HELP)]
+struct Cli {
+    /// Guest kernel: an ELF vmlinux (PVH entry when present) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initramfs (cpio, optionally compressed) for the guest.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line, replacing the default one.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Guest memory: MiB (512) or with a suffix (512M, 2G).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    memory: String,
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// PVM compatibility CPU model and guest options: auto (on kvm-pvm hosts), on, off.
+    #[arg(long, value_enum, default_value_t = PvmArg::Auto)]
+    pvm: PvmArg,
+    /// Print the default kernel command line and exit.
+    #[arg(long, exclusive = true, hide = true)]
+    print_default_cmdline: bool,
+}
+
+const EXIT_HELP: &str = "Exit status: 0 when the guest powers off or resets; the guest's own status when it \
+writes one to I/O port 0xf4; 1 for an error (bad input, host failure); 2 for a usage error; \
+3 after a triple fault; 4 after a KVM internal error or entry failure; 128+N after signal N.";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PvmArg {
+    Auto,
+    On,
+    Off,
+}
+
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("ember: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    init_logger();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("ember: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logger() {
+    use std::io::Write;
+    let env = env_logger::Env::new()
+        .filter_or("EMBER_LOG", "info")
+        .write_style("EMBER_LOG_STYLE");
+    env_logger::Builder::from_env(env)
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Info => String::new(),
+                l => format!("{}: ", l.as_str().to_lowercase()),
+            };
+            writeln!(buf, "ember: {level}{}", record.args())
+        })
+        .init();
+}
+
+/// Joins an error and its sources into one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+fn run(cli: Cli) -> Result<u8, String> {
+    if cli.print_default_cmdline {
+        println!("{}", vmm::DEFAULT_CMDLINE);
+        return Ok(0);
+    }
+    let memory = vmm::parse_memory_size(&cli.memory).map_err(|e| error_chain(&e))?;
+    let vcpus = u8::try_from(cli.cpus)
+        .ok()
+        .filter(|n| (1..=254).contains(n))
+        .ok_or_else(|| error_chain(&vmm::ConfigError::VcpuCount(cli.cpus)))?;
+    let config = VmConfig {
+        kernel: cli.kernel,
+        initrd: cli.initrd,
+        cmdline: cli.cmdline,
+        memory,
+        vcpus,
+        pvm: match cli.pvm {
+            PvmArg::Auto => PvmMode::Auto,
+            PvmArg::On => PvmMode::On,
+            PvmArg::Off => PvmMode::Off,
+        },
+    };
+
+    // Signals that stop the VM are handled by one thread (sigwait); every other thread,
+    // the VM's included, inherits them blocked.
+    let signals = terminal::block_stop_signals().map_err(|e| format!("Cannot block signals: {e}"))?;
+
+    let stdout = dup_file(std::io::stdout().as_fd()).map_err(|e| format!("Cannot use stdout: {e}"))?;
+    let stdin = dup_file(std::io::stdin().as_fd()).map_err(|e| format!("Cannot use stdin: {e}"))?;
+    // Raw mode for a terminal, restored when `_raw` drops, on every path out of here.
+    let _raw = terminal::RawMode::enter(&stdin);
+    let console = Console {
+        output: ConsoleOutput::Writer(Box::new(stdout)),
+        input: ConsoleInput::File(stdin),
+    };
+    let mut handle = Vm::start_with_console(config, console).map_err(|e| error_chain(&e))?;
+    let stopper = Arc::new(handle.stopper());
+    terminal::spawn_signal_thread(signals, move |sig| {
+        SIGNAL.store(sig, Ordering::SeqCst);
+        stopper.kill();
+    })
+    .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
+
+    let exit = handle.wait();
+    let sig = SIGNAL.load(Ordering::SeqCst);
+    if sig != 0 {
+        return Ok((128 + sig) as u8);
+    }
+    if !exit.reason.is_orderly() {
+        eprintln!("ember: {}", exit.reason);
+    }
+    Ok(exit.reason.exit_code() as u8)
+}
+
+fn dup_file(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<File> {
+    let owned: OwnedFd = fd.try_clone_to_owned()?;
+    Ok(File::from(owned))
+}

@@ -1,1 +1,64 @@
-//! x
+//! Ember's VMM library: builds, runs and stops KVM virtual machines.
+//!
+//! ```text
+//! VmConfig ─► validate ─► KvmVm (irqchip, PIT, TSS) ─► guest memory ─► kernel, initramfs,
+//! command line, boot structures ─► devices (buses, irqfds) ─► vCPUs ─► vCPU threads + VMM thread
+//! ```
+//!
+//! Each VM owns its threads and file descriptors; nothing is global except the process-wide
+//! handler of the real-time signal that kicks vCPU threads out of `KVM_RUN` (an empty handler,
+//! see [`vcpu::kick_signal`]). The library never prints and never touches the terminal.
+#![deny(missing_docs)]
+
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod device_manager;
+pub mod event_loop;
+pub mod exit;
+pub mod kvm_vm;
+pub mod memory;
+pub mod pvm;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{parse_memory_size, ConfigError, PvmMode, VmConfig, DEFAULT_CMDLINE};
+pub use console::{Console, ConsoleInput, ConsoleOutput};
+pub use exit::ExitReason;
+pub use vm::{Timestamps, Vm, VmExit, VmHandle, VmStopper};
+
+/// Errors starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Creating the KVM VM failed.
+    #[error(transparent)]
+    Vm(#[from] kvm_vm::VmError),
+    /// Creating guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// Loading the kernel or initramfs failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Creating a vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// Creating a device failed.
+    #[error(transparent)]
+    Device(#[from] device_manager::DeviceError),
+    /// Creating an eventfd or pipe failed.
+    #[error("Cannot create an event descriptor")]
+    EventFd(#[source] std::io::Error),
+    /// Creating the event loop failed.
+    #[error("Cannot create the event loop: {0:?}")]
+    EventManager(event_manager::Error),
+    /// Installing the vCPU kick signal handler failed.
+    #[error("Cannot install the vCPU kick signal handler (errno {0})")]
+    Signal(i32),
+    /// Spawning a thread failed.
+    #[error("Cannot start a VM thread")]
+    Thread(#[source] std::io::Error),
+}

@@ -140,6 +140,10 @@ impl SerialInput {
         let res = if on { ops.add(ev) } else { ops.remove(ev) };
         match res {
             Ok(()) => self.watching_input = on,
+            // Regular files and /dev/null cannot be polled: such input is ignored.
+            Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EPERM => {
+                log::debug!("serial: console input cannot be polled; ignoring it");
+            }
             Err(e) => error!("serial: cannot change input watch: {e:?}"),
         }
     }

@@ -1,0 +1,83 @@
+//! The terminal side of the CLI: raw mode for an interactive stdin (always restored, also on
+//! errors and signals), and a thread that turns stop signals into a VM stop.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Puts a terminal in raw mode (no line editing, no echo; Ctrl-C still signals) and restores
+/// it when dropped. Does nothing when the file is not a terminal.
+pub struct RawMode {
+    fd: i32,
+    saved: Option<libc::termios>,
+}
+
+impl RawMode {
+    pub fn enter(file: &File) -> Self {
+        let fd = file.as_raw_fd();
+        let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: `t` is a valid out-pointer for tcgetattr; we read it only on success.
+        let saved = if unsafe { libc::tcgetattr(fd, t.as_mut_ptr()) } == 0 {
+            // SAFETY: tcgetattr succeeded and initialised `t`.
+            Some(unsafe { t.assume_init() })
+        } else {
+            None
+        };
+        if let Some(orig) = saved {
+            let mut raw = orig;
+            raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::IEXTEN);
+            raw.c_iflag &= !(libc::IXON | libc::ICRNL);
+            raw.c_cc[libc::VMIN] = 1;
+            raw.c_cc[libc::VTIME] = 0;
+            // SAFETY: `raw` is a fully initialised termios for this terminal.
+            unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) };
+        }
+        Self { fd, saved }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(orig) = self.saved {
+            // SAFETY: restores the attributes read in `enter` on the same descriptor, which
+            // the caller's stdin keeps open.
+            unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &orig) };
+        }
+    }
+}
+
+const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Blocks the stop signals in this thread (and so in every thread it starts afterwards).
+pub fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset and pthread_sigmask get valid pointers.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in STOP_SIGNALS {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        let set = set.assume_init();
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+        Ok(set)
+    }
+}
+
+/// Starts a thread that waits for one of the stop signals and calls `on_signal` with it.
+pub fn spawn_signal_thread(
+    set: libc::sigset_t,
+    on_signal: impl Fn(i32) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ember-signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised signal set and `sig` a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                on_signal(sig);
+            }
+        })
+        .map(|_| ())
+}

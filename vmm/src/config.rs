@@ -1,0 +1,277 @@
+//! The VM's configuration: plain data, validated once by [`VmConfig::validate`] before any
+//! resource is created, so everything after it can trust the values.
+
+use std::path::{Path, PathBuf};
+
+use arch::x86_64::layout::MAX_VCPUS;
+
+/// Smallest guest memory Ember accepts: boot structures sit below 1 MiB and kernels load at
+/// 1 MiB.
+pub const MIN_MEMORY: u64 = 4 << 20;
+/// Default guest memory.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// Default command line: serial console, reset on reboot (`reboot=k`) and one second after a
+/// panic, no PCI, no module loading, no probing of legacy hardware the VM does not have.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd no_timer_check tsc=reliable";
+
+/// Whether to apply the PVM compatibility settings (see `arch::x86_64::cpuid`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PvmMode {
+    /// Apply them when the host's KVM is kvm-pvm.
+    #[default]
+    Auto,
+    /// Always apply them.
+    On,
+    /// Never apply them.
+    Off,
+}
+
+/// Errors in a [`VmConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The kernel file cannot be opened.
+    #[error("Cannot open kernel image {path}")]
+    Kernel {
+        /// The path given.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initramfs file cannot be opened.
+    #[error("Cannot open initramfs {path}")]
+    Initrd {
+        /// The path given.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path names a directory or other non-file.
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    /// Memory size below the minimum.
+    #[error("Guest memory of {0} bytes is too small; the minimum is 4 MiB")]
+    MemoryTooSmall(u64),
+    /// Memory size not a multiple of the page size.
+    #[error("Guest memory of {0} bytes is not a multiple of 4 KiB")]
+    MemoryUnaligned(u64),
+    /// Memory size above what the host has.
+    #[error("Guest memory of {requested} MiB is more than this host can give ({available} MiB of RAM and swap)")]
+    MemoryTooLarge {
+        /// Requested MiB.
+        requested: u64,
+        /// Host RAM plus swap, in MiB.
+        available: u64,
+    },
+    /// vCPU count out of range.
+    #[error("{0} vCPUs requested; Ember supports 1 to 254")]
+    VcpuCount(u32),
+    /// A memory size string that does not parse.
+    #[error("Invalid memory size '{0}': use MiB (512) or a suffix (512M, 2G)")]
+    MemorySyntax(String),
+    /// The command line holds a NUL or a non-ASCII byte.
+    #[error("The kernel command line may only hold printable ASCII")]
+    CmdlineChars,
+}
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest kernel: an ELF `vmlinux` (entered through PVH when it has the note) or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `None` uses [`DEFAULT_CMDLINE`].
+    pub cmdline: Option<String>,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// PVM compatibility settings.
+    pub pvm: PvmMode,
+}
+
+impl VmConfig {
+    /// A configuration booting `kernel` with the defaults: 256 MiB, one vCPU.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            memory: DEFAULT_MEMORY,
+            vcpus: 1,
+            pvm: PvmMode::Auto,
+        }
+    }
+
+    /// Checks every value and that the files can be opened.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_file(&self.kernel).map_err(|e| match e {
+            FileCheck::Io(source) => ConfigError::Kernel {
+                path: self.kernel.clone(),
+                source,
+            },
+            FileCheck::NotAFile => ConfigError::NotAFile(self.kernel.clone()),
+        })?;
+        if let Some(initrd) = &self.initrd {
+            check_file(initrd).map_err(|e| match e {
+                FileCheck::Io(source) => ConfigError::Initrd {
+                    path: initrd.clone(),
+                    source,
+                },
+                FileCheck::NotAFile => ConfigError::NotAFile(initrd.clone()),
+            })?;
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::VcpuCount(u32::from(self.vcpus)));
+        }
+        if self.memory < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(self.memory));
+        }
+        if self.memory % 4096 != 0 {
+            return Err(ConfigError::MemoryUnaligned(self.memory));
+        }
+        if let Some(available) = host_memory_bytes() {
+            if self.memory > available {
+                return Err(ConfigError::MemoryTooLarge {
+                    requested: self.memory >> 20,
+                    available: available >> 20,
+                });
+            }
+        }
+        if let Some(c) = &self.cmdline {
+            if !c.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t') {
+                return Err(ConfigError::CmdlineChars);
+            }
+        }
+        Ok(())
+    }
+}
+
+enum FileCheck {
+    Io(std::io::Error),
+    NotAFile,
+}
+
+fn check_file(path: &Path) -> Result<(), FileCheck> {
+    let f = std::fs::File::open(path).map_err(FileCheck::Io)?;
+    let meta = f.metadata().map_err(FileCheck::Io)?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(FileCheck::NotAFile)
+    }
+}
+
+/// The host's RAM plus swap in bytes, from /proc/meminfo.
+fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("MemTotal:")? + field("SwapTotal:").unwrap_or(0)) * 1024)
+}
+
+/// Parses a memory size: a plain number is MiB; suffixes K, M, G, T (optionally followed by
+/// `iB` or `B`) are binary units. Returns bytes.
+pub fn parse_memory_size(s: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::MemorySyntax(s.to_string());
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits_end == 0 {
+        return Err(err());
+    }
+    let n: u64 = t[..digits_end].parse().map_err(|_| err())?;
+    let shift = match t[digits_end..].to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(err()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_size("512").ok(), Some(512 << 20));
+        assert_eq!(parse_memory_size("512M").ok(), Some(512 << 20));
+        assert_eq!(parse_memory_size("2G").ok(), Some(2 << 30));
+        assert_eq!(parse_memory_size("2g").ok(), Some(2 << 30));
+        assert_eq!(parse_memory_size("1GiB").ok(), Some(1 << 30));
+        assert_eq!(parse_memory_size("4096K").ok(), Some(4 << 20));
+        for bad in ["", "M", "-1", "1.5G", "12Q", "99999999999999999999", "20000000T"] {
+            assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn kernel_file() -> tempfile_like::TempFile {
+        tempfile_like::TempFile::new(b"not really a kernel")
+    }
+
+    #[test]
+    fn validation() {
+        let k = kernel_file();
+        let mut c = VmConfig::new(k.path());
+        assert!(c.validate().is_ok());
+        c.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::VcpuCount(0))));
+        c.vcpus = 255;
+        assert!(matches!(c.validate(), Err(ConfigError::VcpuCount(255))));
+        c.vcpus = 254;
+        c.memory = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooSmall(0))));
+        c.memory = (64 << 20) + 1;
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryUnaligned(_))));
+        c.memory = 1 << 50;
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooLarge { .. })));
+        c.memory = 64 << 20;
+        c.cmdline = Some("console=ttyS0\u{1}".into());
+        assert!(matches!(c.validate(), Err(ConfigError::CmdlineChars)));
+        c.cmdline = None;
+        c.initrd = Some("/nonexistent/initrd".into());
+        assert!(matches!(c.validate(), Err(ConfigError::Initrd { .. })));
+        c.initrd = Some("/".into());
+        assert!(matches!(c.validate(), Err(ConfigError::NotAFile(_))));
+        let missing = VmConfig::new("/nonexistent/vmlinux");
+        assert!(matches!(missing.validate(), Err(ConfigError::Kernel { .. })));
+    }
+
+    /// A file in the system temporary directory, removed on drop.
+    mod tempfile_like {
+        use std::path::{Path, PathBuf};
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub struct TempFile(PathBuf);
+        impl TempFile {
+            pub fn new(content: &[u8]) -> Self {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "ember-cfg-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&p, content).expect("temp file");
+                Self(p)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Creates the VM's devices and wires each one up, always in the same order: interrupt
+//! (irqfd), bus insertion, event-loop subscription. Devices themselves know nothing of KVM.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use vmm_sys_util::eventfd::EventFd;
+
+use arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT};
+use devices::bus::BusError;
+use devices::legacy::serial::ConsoleInputSink;
+use devices::legacy::{ExitPort, I8042, Serial, SerialInput};
+use devices::{EventFdTrigger, SharedExitSink};
+
+use crate::console::ConsoleWriter;
+use crate::kvm_vm::KvmVm;
+use crate::vcpu::IoBuses;
+
+/// Errors creating devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// An eventfd could not be created.
+    #[error("Cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+    /// Registering an irqfd failed.
+    #[error("Cannot register the interrupt of {0}")]
+    Irqfd(&'static str, #[source] kvm_ioctls::Error),
+    /// Inserting into a bus failed.
+    #[error("Cannot place {0} on the bus")]
+    Bus(&'static str, #[source] BusError),
+}
+
+/// An event-loop subscriber shared with the device it serves.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The devices of a VM: the buses for the vCPUs and the subscribers for the event loop.
+pub struct Devices {
+    /// Port-I/O and MMIO buses.
+    pub buses: IoBuses,
+    /// Event-loop subscribers.
+    pub subscribers: Vec<Subscriber>,
+}
+
+/// Creates the legacy devices: COM1, the i8042 reset line and the exit port.
+pub(crate) fn create_legacy_devices(
+    vm: &KvmVm,
+    exit_sink: SharedExitSink,
+    console_out: ConsoleWriter,
+    console_in: Option<File>,
+) -> Result<Devices, DeviceError> {
+    let mut buses = IoBuses::default();
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+
+    let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("COM1", e))?;
+    vm.fd
+        .register_irqfd(&com1_irq, COM1_IRQ)
+        .map_err(|e| DeviceError::Irqfd("COM1", e))?;
+    let (serial, drained) =
+        Serial::new(EventFdTrigger::new(com1_irq), console_out).map_err(|e| DeviceError::EventFd("COM1", e))?;
+    let serial = Arc::new(Mutex::new(serial));
+    buses
+        .pio
+        .insert(serial.clone(), u64::from(COM1_PORT), 8)
+        .map_err(|e| DeviceError::Bus("COM1", e))?;
+    if let Some(input) = console_in {
+        let sink: Arc<Mutex<dyn ConsoleInputSink>> = serial;
+        subscribers.push(Arc::new(Mutex::new(SerialInput::new(sink, input, drained))));
+    }
+
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit_sink.clone())));
+    buses
+        .pio
+        .insert(i8042, u64::from(I8042_PORT), 5)
+        .map_err(|e| DeviceError::Bus("i8042", e))?;
+
+    let exit_port = Arc::new(Mutex::new(ExitPort::new(exit_sink)));
+    buses
+        .pio
+        .insert(exit_port, u64::from(EXIT_PORT), 1)
+        .map_err(|e| DeviceError::Bus("exit port", e))?;
+
+    Ok(Devices { buses, subscribers })
+}

@@ -1,0 +1,371 @@
+//! vCPUs: creation and boot configuration (registers, CPUID, MSRs, FPU, LAPIC LINT pins from
+//! the `arch` crate), the run loop each vCPU thread executes, and the exit handler.
+//!
+//! The run loop is the hot path: it allocates nothing, takes no lock but the one of the device
+//! being accessed, and makes no system call beyond `KVM_RUN`. Port and MMIO exits go to the
+//! [`IoBuses`]; anything that ends the VM is reported to the [`VmControl`].
+//!
+//! Other threads stop a vCPU by setting the stop flag and sending it [`kick_signal`], which
+//! makes a blocked `KVM_RUN` return `EINTR`.
+
+use std::sync::Arc;
+
+use kvm_bindings::{Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, warn};
+
+use arch::x86_64::cpuid::{filter_cpuid, CpuidParams};
+use arch::x86_64::regs::{boot_fpu, boot_regs, configure_sregs, set_lint, BootProtocol};
+use devices::bus::Bus;
+
+use crate::control::VmControl;
+use crate::exit::ExitReason;
+use crate::kvm_vm::KvmVm;
+
+/// The port-I/O and MMIO buses the vCPUs dispatch to.
+#[derive(Debug, Default)]
+pub struct IoBuses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// Errors creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// `KVM_CREATE_VCPU` failed.
+    #[error("Failed to create vCPU {id}")]
+    Create {
+        /// vCPU index.
+        id: u8,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A configuration ioctl failed.
+    #[error("Failed to set {what} of vCPU {id}")]
+    Configure {
+        /// vCPU index.
+        id: u8,
+        /// Which state.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Building the MSR list failed.
+    #[error("Failed to build the MSR list")]
+    Msrs,
+}
+
+/// Boot-time settings shared by all vCPUs.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuBootConfig {
+    /// Entry protocol.
+    pub protocol: BootProtocol,
+    /// Entry point.
+    pub entry: u64,
+    /// Number of vCPUs.
+    pub count: u8,
+    /// Apply the PVM compatibility CPU model.
+    pub pvm_compat: bool,
+}
+
+/// One vCPU, owned by its thread once running.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` and sets its boot state.
+    pub fn new(vm: &KvmVm, id: u8, boot: &VcpuBootConfig) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        let cfg = |what| move |source| VcpuError::Configure { id, what, source };
+
+        let mut cpuid = vm
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(cfg("CPUID"))?;
+        filter_cpuid(
+            cpuid.as_mut_slice(),
+            CpuidParams {
+                vcpu_id: id,
+                vcpu_count: boot.count,
+                pvm_compat: boot.pvm_compat,
+            },
+        );
+        fd.set_cpuid2(&cpuid).map_err(cfg("CPUID"))?;
+
+        let msrs = Msrs::from_entries(&arch::x86_64::msrs::boot_msr_entries())
+            .map_err(|_| VcpuError::Msrs)?;
+        let written = fd.set_msrs(&msrs).map_err(cfg("MSRs"))?;
+        if written != msrs.as_slice().len() {
+            warn!("vcpu{id}: only {written} of {} boot MSRs accepted", msrs.as_slice().len());
+        }
+
+        fd.set_regs(&boot_regs(boot.protocol, boot.entry))
+            .map_err(cfg("registers"))?;
+        let mut sregs = fd.get_sregs().map_err(cfg("special registers"))?;
+        configure_sregs(&mut sregs, boot.protocol);
+        fd.set_sregs(&sregs).map_err(cfg("special registers"))?;
+        fd.set_fpu(&boot_fpu()).map_err(cfg("FPU"))?;
+        let mut lapic = fd.get_lapic().map_err(cfg("LAPIC"))?;
+        set_lint(&mut lapic);
+        fd.set_lapic(&lapic).map_err(cfg("LAPIC"))?;
+        Ok(Self { id, fd })
+    }
+
+    /// This vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Runs the guest until the VM stops. Called on the vCPU's own thread.
+    pub fn run(mut self, buses: &IoBuses, control: &VmControl) {
+        if let Err(e) = unblock_kick_signal() {
+            control.request_exit(ExitReason::HostError(format!(
+                "vcpu{}: cannot unblock the kick signal: {e}",
+                self.id
+            )));
+            return;
+        }
+        control.mark_first_run();
+        loop {
+            if control.should_stop() {
+                break;
+            }
+            let action = match self.fd.run() {
+                Ok(exit) => handle_exit(exit, buses),
+                Err(e) => match e.errno() {
+                    libc::EINTR => {
+                        self.fd.set_kvm_immediate_exit(0);
+                        ExitAction::Continue
+                    }
+                    libc::EAGAIN => ExitAction::Continue,
+                    _ => {
+                        control.request_exit(ExitReason::HostError(format!(
+                            "vcpu{}: KVM_RUN failed: {e}",
+                            self.id
+                        )));
+                        break;
+                    }
+                },
+            };
+            match action {
+                ExitAction::Continue => {}
+                ExitAction::Stop(stop) => {
+                    let reason = self.describe(stop);
+                    control.request_exit(reason);
+                    break;
+                }
+            }
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+            debug!("vcpu{}: stopped at guest RIP {rip:#x}", self.id);
+        }
+    }
+
+    /// Turns a stop into an exit reason, reading what KVM left in `kvm_run` where needed.
+    fn describe(&mut self, stop: VcpuStop) -> ExitReason {
+        let id = self.id;
+        match stop {
+            VcpuStop::TripleFault => ExitReason::TripleFault { vcpu: id },
+            VcpuStop::PowerOff => ExitReason::PowerOff,
+            VcpuStop::Reset => ExitReason::Reset,
+            VcpuStop::FailEntry(reason) => ExitReason::FailEntry {
+                vcpu: id,
+                hardware_reason: reason,
+            },
+            VcpuStop::InternalError => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so KVM filled the
+                // `internal` member of the exit union.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+                ExitReason::InternalError {
+                    vcpu: id,
+                    suberror,
+                    rip,
+                }
+            }
+            VcpuStop::Unhandled(name) => ExitReason::UnhandledExit {
+                vcpu: id,
+                exit: name,
+            },
+        }
+    }
+}
+
+/// Why a vCPU stops the VM, as seen from one exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// `KVM_EXIT_SHUTDOWN`: a triple fault.
+    TripleFault,
+    /// `KVM_EXIT_SYSTEM_EVENT` shutdown, or `HLT` reaching user space.
+    PowerOff,
+    /// `KVM_EXIT_SYSTEM_EVENT` reset.
+    Reset,
+    /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
+    FailEntry(u64),
+    /// `KVM_EXIT_INTERNAL_ERROR`.
+    InternalError,
+    /// An exit Ember does not handle.
+    Unhandled(&'static str),
+}
+
+/// What the run loop does after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Re-enter the guest.
+    Continue,
+    /// Stop the VM.
+    Stop(VcpuStop),
+}
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+
+/// Handles one exit: routes I/O to the buses and classifies everything else. Touches no KVM
+/// file descriptor. Unclaimed port reads see all ones, unclaimed MMIO reads zeros; unclaimed
+/// writes are dropped.
+pub fn handle_exit(exit: VcpuExit<'_>, buses: &IoBuses) -> ExitAction {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            if !buses.pio.write(u64::from(port), data) {
+                debug!("unclaimed port write {port:#x}");
+            }
+        }
+        VcpuExit::IoIn(port, data) => {
+            data.fill(0xff);
+            if !buses.pio.read(u64::from(port), data) {
+                debug!("unclaimed port read {port:#x}");
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !buses.mmio.write(addr, data) {
+                debug!("unclaimed MMIO write {addr:#x}");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            data.fill(0);
+            if !buses.mmio.read(addr, data) {
+                debug!("unclaimed MMIO read {addr:#x}");
+            }
+        }
+        VcpuExit::Shutdown => return ExitAction::Stop(VcpuStop::TripleFault),
+        VcpuExit::Hlt => return ExitAction::Stop(VcpuStop::PowerOff),
+        VcpuExit::SystemEvent(kind, _) => {
+            return ExitAction::Stop(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
+                _ => VcpuStop::Unhandled("system event"),
+            })
+        }
+        VcpuExit::FailEntry(reason, _cpu) => return ExitAction::Stop(VcpuStop::FailEntry(reason)),
+        VcpuExit::InternalError => return ExitAction::Stop(VcpuStop::InternalError),
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::IoapicEoi(_) => {}
+        VcpuExit::Exception => return ExitAction::Stop(VcpuStop::Unhandled("exception")),
+        VcpuExit::Debug(_) => return ExitAction::Stop(VcpuStop::Unhandled("debug")),
+        VcpuExit::Hypercall(_) => return ExitAction::Stop(VcpuStop::Unhandled("hypercall")),
+        _ => return ExitAction::Stop(VcpuStop::Unhandled("unknown")),
+    }
+    ExitAction::Continue
+}
+
+/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN() + KICK_SIGNAL_OFFSET
+}
+
+/// Offset of the kick signal from `SIGRTMIN`.
+const KICK_SIGNAL_OFFSET: libc::c_int = 0;
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick-signal handler once per process. The handler does nothing: its
+/// only effect is that a blocked `KVM_RUN` returns `EINTR`.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+                .map_err(|e| e.errno())
+        })
+        .map_err(vmm_sys_util::errno::Error::new)
+}
+
+fn unblock_kick_signal() -> Result<(), vmm_sys_util::signal::Error> {
+    vmm_sys_util::signal::unblock_signal(kick_signal())
+}
+
+/// Shared state handed to a vCPU thread.
+pub struct VcpuContext {
+    /// The buses.
+    pub buses: Arc<IoBuses>,
+    /// Stop flag and exit reporting.
+    pub control: Arc<VmControl>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::bus::BusDevice;
+    use std::sync::Mutex;
+
+    struct Reg(u8, Vec<u8>);
+    impl BusDevice for Reg {
+        fn read(&mut self, _o: u64, d: &mut [u8]) {
+            d.fill(self.0);
+        }
+        fn write(&mut self, _o: u64, d: &[u8]) {
+            self.1.extend_from_slice(d);
+        }
+    }
+
+    #[test]
+    fn io_exits_reach_the_buses() {
+        let mut buses = IoBuses::default();
+        let dev = Arc::new(Mutex::new(Reg(0x42, vec![])));
+        buses.pio.insert(dev.clone(), 0x3f8, 8).expect("insert");
+        buses.mmio.insert(dev.clone(), 0xd000_0000, 0x1000).expect("insert");
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, &[1]), &buses), ExitAction::Continue);
+        assert_eq!(handle_exit(VcpuExit::MmioWrite(0xd000_0004, &[2, 3]), &buses), ExitAction::Continue);
+        assert_eq!(dev.lock().expect("lock").1, vec![1, 2, 3]);
+        let mut d = [0u8; 1];
+        handle_exit(VcpuExit::IoIn(0x3f9, &mut d), &buses);
+        assert_eq!(d, [0x42]);
+        let mut d = [0u8; 2];
+        handle_exit(VcpuExit::IoIn(0x80, &mut d), &buses);
+        assert_eq!(d, [0xff, 0xff], "unclaimed port reads all ones");
+        let mut d = [7u8; 4];
+        handle_exit(VcpuExit::MmioRead(0xe000_0000, &mut d), &buses);
+        assert_eq!(d, [0; 4], "unclaimed MMIO reads zero");
+        assert_eq!(handle_exit(VcpuExit::IoOut(0x80, &[9]), &buses), ExitAction::Continue);
+    }
+
+    #[test]
+    fn stops_are_classified() {
+        let buses = IoBuses::default();
+        assert_eq!(handle_exit(VcpuExit::Shutdown, &buses), ExitAction::Stop(VcpuStop::TripleFault));
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &buses),
+            ExitAction::Stop(VcpuStop::Reset)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &buses),
+            ExitAction::Stop(VcpuStop::PowerOff)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::FailEntry(0x80000021, 0), &buses),
+            ExitAction::Stop(VcpuStop::FailEntry(0x80000021))
+        );
+        assert_eq!(handle_exit(VcpuExit::InternalError, &buses), ExitAction::Stop(VcpuStop::InternalError));
+        assert_eq!(handle_exit(VcpuExit::Intr, &buses), ExitAction::Continue);
+    }
+}

@@ -1,0 +1,292 @@
+//! Building and running one VM: [`Vm::start`] validates the configuration, creates the KVM
+//! VM, guest memory, devices and vCPUs in order, starts one thread per vCPU and a VMM thread
+//! for the event loop, and returns a [`VmHandle`] that owns all of them.
+
+use std::fs::File;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use crate::boot::{load_initrd, load_kernel, write_boot_structures};
+use crate::config::{VmConfig, DEFAULT_CMDLINE};
+use crate::console::{pipe, Console, ConsoleInput, ConsoleWriter};
+use crate::control::VmControl;
+use crate::device_manager::create_legacy_devices;
+use crate::event_loop::{create_manager, run_until_stop, stop_vcpus};
+use crate::exit::ExitReason;
+use crate::kvm_vm::KvmVm;
+use crate::memory::create_guest_memory;
+use crate::vcpu::{install_kick_handler, Vcpu, VcpuBootConfig};
+use crate::Error;
+
+/// Timestamps of one VM's life (monotonic clock).
+#[derive(Clone, Copy, Debug)]
+pub struct Timestamps {
+    /// `Vm::start` was called.
+    pub start: Instant,
+    /// Configuration validated.
+    pub config_validated: Instant,
+    /// Guest memory mapped and registered.
+    pub memory_ready: Instant,
+    /// Kernel, initramfs and boot structures loaded.
+    pub kernel_loaded: Instant,
+    /// First `KVM_RUN` of any vCPU.
+    pub first_run: Option<Instant>,
+    /// The VM ended (every vCPU joined).
+    pub exit: Instant,
+}
+
+/// How a VM ended.
+#[derive(Clone, Debug)]
+pub struct VmExit {
+    /// Why.
+    pub reason: ExitReason,
+    /// When things happened.
+    pub timestamps: Timestamps,
+}
+
+struct Done {
+    result: Mutex<Option<VmExit>>,
+    cond: Condvar,
+}
+
+/// Entry point: starts VMs.
+pub struct Vm;
+
+impl Vm {
+    /// Starts a VM with no console.
+    pub fn start(config: VmConfig) -> Result<VmHandle, Error> {
+        Self::start_with_console(config, Console::default())
+    }
+
+    /// Starts a VM whose console is `console`. Every error in the configuration, the images
+    /// or the host comes back here, before any guest code runs.
+    pub fn start_with_console(config: VmConfig, console: Console) -> Result<VmHandle, Error> {
+        let start = Instant::now();
+        config.validate()?;
+        let config_validated = Instant::now();
+        install_kick_handler().map_err(|e| Error::Signal(e.errno()))?;
+
+        let pvm_compat = crate::pvm::use_compat(config.pvm);
+        let vm = KvmVm::new()?;
+        let mem = create_guest_memory(config.memory)?;
+        vm.register_memory(&mem)?;
+        let memory_ready = Instant::now();
+
+        let kernel = load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(p) => Some(load_initrd(&mem, config.memory, &kernel, p)?),
+            None => None,
+        };
+        let mut cmdline = config
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        if pvm_compat {
+            info!(
+                "kvm-pvm host: giving the guest the PVM compatibility CPU model and options ({})",
+                arch::x86_64::cpuid::PVM_GUEST_CMDLINE
+            );
+            cmdline.push(' ');
+            cmdline.push_str(arch::x86_64::cpuid::PVM_GUEST_CMDLINE);
+        }
+        write_boot_structures(&mem, config.memory, config.vcpus, &kernel, cmdline.trim(), initrd)?;
+        let kernel_loaded = Instant::now();
+
+        let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
+        let (console_in, console_in_writer) = match console.input {
+            ConsoleInput::None => (None, None),
+            ConsoleInput::File(f) => (Some(f), None),
+            ConsoleInput::Pipe => {
+                let (r, w) = pipe().map_err(Error::EventFd)?;
+                (Some(r), Some(w))
+            }
+        };
+        let devices = create_legacy_devices(
+            &vm,
+            control.clone(),
+            ConsoleWriter::new(console.output),
+            console_in,
+        )?;
+
+        let boot = VcpuBootConfig {
+            protocol: kernel.protocol,
+            entry: kernel.entry,
+            count: config.vcpus,
+            pvm_compat,
+        };
+        let vcpus = (0..config.vcpus)
+            .map(|id| Vcpu::new(&vm, id, &boot))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
+
+        let buses = Arc::new(devices.buses);
+        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            let (b, c) = (buses.clone(), control.clone());
+            let name = format!("ember-vcpu{}", vcpu.id());
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run(&b, &c))
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    stop_vcpus(&control, threads);
+                    return Err(Error::Thread(e));
+                }
+            }
+        }
+
+        let done = Arc::new(Done {
+            result: Mutex::new(None),
+            cond: Condvar::new(),
+        });
+        let (ctl, dn) = (control.clone(), done.clone());
+        let vmm_thread = std::thread::Builder::new()
+            .name("ember-vmm".into())
+            .spawn(move || {
+                run_until_stop(&mut em, &ctl);
+                stop_vcpus(&ctl, threads);
+                // Release devices, the VM and then its memory before reporting the end.
+                drop(em);
+                drop(buses);
+                drop(vm);
+                drop(mem);
+                let timestamps = Timestamps {
+                    start,
+                    config_validated,
+                    memory_ready,
+                    kernel_loaded,
+                    first_run: ctl.first_run(),
+                    exit: Instant::now(),
+                };
+                let reason = ctl.reason().unwrap_or(ExitReason::Stopped);
+                let mut r = dn.result.lock().unwrap_or_else(|p| p.into_inner());
+                *r = Some(VmExit { reason, timestamps });
+                dn.cond.notify_all();
+            });
+        let vmm_thread = match vmm_thread {
+            Ok(t) => t,
+            Err(e) => {
+                // The closure (and with it every vCPU handle) is gone; the vCPU threads see
+                // the stop flag at their next exit and the kick is no longer possible.
+                control.request_exit(ExitReason::Stopped);
+                return Err(Error::Thread(e));
+            }
+        };
+        Ok(VmHandle {
+            control,
+            done,
+            thread: Some(vmm_thread),
+            console_input: console_in_writer,
+        })
+    }
+}
+
+/// A running (or ended) VM. Dropping it kills the VM and releases everything it holds.
+pub struct VmHandle {
+    control: Arc<VmControl>,
+    done: Arc<Done>,
+    thread: Option<JoinHandle<()>>,
+    console_input: Option<File>,
+}
+
+impl VmHandle {
+    /// The writing end of the console input pipe, if the console was started with
+    /// [`ConsoleInput::Pipe`]. Can be taken once.
+    pub fn console_input(&mut self) -> Option<File> {
+        self.console_input.take()
+    }
+
+    /// Waits until the VM ends.
+    pub fn wait(&mut self) -> VmExit {
+        let r = {
+            let mut g = self.done.result.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(r) = g.as_ref() {
+                    break r.clone();
+                }
+                g = self.done.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        self.join();
+        r
+    }
+
+    /// Waits at most `timeout` for the VM to end; `None` if it is still running (it keeps
+    /// running).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<VmExit> {
+        let deadline = Instant::now() + timeout;
+        let r = {
+            let mut g = self.done.result.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(r) = g.as_ref() {
+                    break r.clone();
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                g = self
+                    .done
+                    .cond
+                    .wait_timeout(g, deadline - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        };
+        self.join();
+        Some(r)
+    }
+
+    /// Stops the VM at once (its vCPUs are kicked out of the guest) and waits for the end.
+    pub fn kill(&mut self) -> VmExit {
+        self.control.request_exit(ExitReason::Stopped);
+        self.wait()
+    }
+
+    /// Whether the VM has ended.
+    pub fn has_ended(&self) -> bool {
+        self.done
+            .result
+            .lock()
+            .map(|g| g.is_some())
+            .unwrap_or(true)
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.control.request_exit(ExitReason::Stopped);
+            self.join();
+        }
+    }
+}
+
+/// A cloneable remote control that can stop a VM from any thread (a signal handler thread,
+/// a watchdog) without holding its [`VmHandle`].
+#[derive(Clone)]
+pub struct VmStopper(Arc<VmControl>);
+
+impl VmStopper {
+    /// Stops the VM at once; its handle's `wait` then returns [`ExitReason::Stopped`].
+    pub fn kill(&self) {
+        self.0.request_exit(ExitReason::Stopped);
+    }
+}
+
+impl VmHandle {
+    /// A remote control for this VM.
+    pub fn stopper(&self) -> VmStopper {
+        VmStopper(self.control.clone())
+    }
+}
