@@ -45,7 +45,8 @@ struct Cli {
     print_default_cmdline: bool,
 }
 
-const EXIT_HELP: &str = "Exit status: 0 when the guest powers off or resets; the guest's own status when it \
+const EXIT_HELP: &str =
+    "Exit status: 0 when the guest powers off or resets; the guest's own status when it \
 writes one to I/O port 0xf4; 1 for an error (bad input, host failure); 2 for a usage error; \
 3 after a triple fault; 4 after a KVM internal error or entry failure; 128+N after signal N.";
 
@@ -67,9 +68,14 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
+            // clap's message up to its first blank line, on one line.
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("ember: {}", line.trim_start_matches("error: "));
+            let line: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("ember: {}", line.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -136,9 +142,11 @@ fn run(cli: Cli) -> Result<u8, String> {
 
     // Signals that stop the VM are handled by one thread (sigwait); every other thread,
     // the VM's included, inherits them blocked.
-    let signals = terminal::block_stop_signals().map_err(|e| format!("Cannot block signals: {e}"))?;
+    let signals =
+        terminal::block_stop_signals().map_err(|e| format!("Cannot block signals: {e}"))?;
 
-    let stdout = dup_file(std::io::stdout().as_fd()).map_err(|e| format!("Cannot use stdout: {e}"))?;
+    let stdout =
+        dup_file(std::io::stdout().as_fd()).map_err(|e| format!("Cannot use stdout: {e}"))?;
     let stdin = dup_file(std::io::stdin().as_fd()).map_err(|e| format!("Cannot use stdin: {e}"))?;
     // Raw mode for a terminal, restored when `_raw` drops, on every path out of here.
     let _raw = terminal::RawMode::enter(&stdin);

@@ -17,8 +17,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 use arch::x86_64::boot_params::{build_pvh_info, build_zero_page, Initrd};
 use arch::x86_64::layout::{
-    CMDLINE, CMDLINE_DEFAULT_LIMIT, CMDLINE_MAX, GDT, HIMEM_START, MPTABLE, PVH_INFO,
-    PVH_MEMMAP, PVH_MODLIST, ZERO_PAGE,
+    CMDLINE, CMDLINE_DEFAULT_LIMIT, CMDLINE_MAX, GDT, HIMEM_START, MPTABLE, PVH_INFO, PVH_MEMMAP,
+    PVH_MODLIST, ZERO_PAGE,
 };
 use arch::x86_64::memory::low_ram_end;
 use arch::x86_64::regs::{gdt_for, BootProtocol};
@@ -128,13 +128,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             initrd_addr_max: DEFAULT_INITRD_ADDR_MAX,
         })
     } else {
-        let r = BzImage::load(mem, None, &mut file, himem).map_err(|source| {
-            BootError::BadKernel {
+        let r =
+            BzImage::load(mem, None, &mut file, himem).map_err(|source| BootError::BadKernel {
                 path: path.to_path_buf(),
                 kind: "not ELF, tried bzImage",
                 source,
-            }
-        })?;
+            })?;
         let header = r.setup_header.unwrap_or_default();
         let version = header.version;
         let cmdline_max = if version >= 0x206 {
@@ -255,13 +254,22 @@ mod tests {
     fn garbage_and_truncated_kernels_are_rejected() {
         let mem = create_guest_memory(16 << 20).expect("map");
         let junk = temp("junk", &[0x55; 8192]);
-        assert!(matches!(load_kernel(&mem, &junk), Err(BootError::BadKernel { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &junk),
+            Err(BootError::BadKernel { .. })
+        ));
         let empty = temp("empty", b"");
-        assert!(matches!(load_kernel(&mem, &empty), Err(BootError::BadKernel { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &empty),
+            Err(BootError::BadKernel { .. })
+        ));
         let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
         elf.resize(40, 0);
         let trunc = temp("trunc", &elf);
-        assert!(matches!(load_kernel(&mem, &trunc), Err(BootError::BadKernel { kind: "ELF", .. })));
+        assert!(matches!(
+            load_kernel(&mem, &trunc),
+            Err(BootError::BadKernel { kind: "ELF", .. })
+        ));
         for p in [junk, empty, trunc] {
             let _ = std::fs::remove_file(p);
         }
@@ -288,7 +296,8 @@ mod tests {
         assert!(i.addr + i.size <= 16 << 20);
         assert!(i.addr > (16 << 20) - 16384);
         let mut back = vec![0u8; data.len()];
-        mem.read_slice(&mut back, GuestAddress(i.addr)).expect("read");
+        mem.read_slice(&mut back, GuestAddress(i.addr))
+            .expect("read");
         assert_eq!(back, data);
         let huge = temp("huge", &vec![0u8; 16 << 20]);
         assert!(matches!(
@@ -306,13 +315,19 @@ mod tests {
         let long = "x".repeat(2048);
         assert!(matches!(
             write_boot_structures(&mem, 16 << 20, 1, &k, &long, None),
-            Err(BootError::CmdlineTooLong { len: 2048, max: 2047 })
+            Err(BootError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            })
         ));
         write_boot_structures(&mem, 16 << 20, 2, &k, "console=ttyS0", None).expect("fits");
         let mut cl = [0u8; 14];
-        mem.read_slice(&mut cl, GuestAddress(CMDLINE)).expect("read");
+        mem.read_slice(&mut cl, GuestAddress(CMDLINE))
+            .expect("read");
         assert_eq!(&cl, b"console=ttyS0\0");
-        let ptr: u32 = mem.read_obj(GuestAddress(ZERO_PAGE + 0x228)).expect("cmd_line_ptr");
+        let ptr: u32 = mem
+            .read_obj(GuestAddress(ZERO_PAGE + 0x228))
+            .expect("cmd_line_ptr");
         assert_eq!(u64::from(ptr), CMDLINE);
         let sig: [u8; 4] = mem.read_obj(GuestAddress(MPTABLE)).expect("mp");
         assert_eq!(&sig, b"_MP_");

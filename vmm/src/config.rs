@@ -129,7 +129,7 @@ impl VmConfig {
         if self.memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(self.memory));
         }
-        if self.memory % 4096 != 0 {
+        if !self.memory.is_multiple_of(4096) {
             return Err(ConfigError::MemoryUnaligned(self.memory));
         }
         if let Some(available) = host_memory_bytes() {
@@ -210,7 +210,15 @@ mod tests {
         assert_eq!(parse_memory_size("2g").ok(), Some(2 << 30));
         assert_eq!(parse_memory_size("1GiB").ok(), Some(1 << 30));
         assert_eq!(parse_memory_size("4096K").ok(), Some(4 << 20));
-        for bad in ["", "M", "-1", "1.5G", "12Q", "99999999999999999999", "20000000T"] {
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "12Q",
+            "99999999999999999999",
+            "20000000T",
+        ] {
             assert!(parse_memory_size(bad).is_err(), "{bad}");
         }
     }
@@ -234,7 +242,10 @@ mod tests {
         c.memory = (64 << 20) + 1;
         assert!(matches!(c.validate(), Err(ConfigError::MemoryUnaligned(_))));
         c.memory = 1 << 50;
-        assert!(matches!(c.validate(), Err(ConfigError::MemoryTooLarge { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
         c.memory = 64 << 20;
         c.cmdline = Some("console=ttyS0\u{1}".into());
         assert!(matches!(c.validate(), Err(ConfigError::CmdlineChars)));
@@ -244,7 +255,10 @@ mod tests {
         c.initrd = Some("/".into());
         assert!(matches!(c.validate(), Err(ConfigError::NotAFile(_))));
         let missing = VmConfig::new("/nonexistent/vmlinux");
-        assert!(matches!(missing.validate(), Err(ConfigError::Kernel { .. })));
+        assert!(matches!(
+            missing.validate(),
+            Err(ConfigError::Kernel { .. })
+        ));
     }
 
     /// A file in the system temporary directory, removed on drop.

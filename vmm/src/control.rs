@@ -52,7 +52,10 @@ impl VmControl {
 
     /// The recorded exit reason.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records the first `KVM_RUN` of any vCPU.

@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT};
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
-use devices::legacy::{ExitPort, I8042, Serial, SerialInput};
+use devices::legacy::{ExitPort, Serial, SerialInput, I8042};
 use devices::{EventFdTrigger, SharedExitSink};
 
 use crate::console::ConsoleWriter;
@@ -56,8 +56,8 @@ pub(crate) fn create_legacy_devices(
     vm.fd
         .register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(|e| DeviceError::Irqfd("COM1", e))?;
-    let (serial, drained) =
-        Serial::new(EventFdTrigger::new(com1_irq), console_out).map_err(|e| DeviceError::EventFd("COM1", e))?;
+    let (serial, drained) = Serial::new(EventFdTrigger::new(com1_irq), console_out)
+        .map_err(|e| DeviceError::EventFd("COM1", e))?;
     let serial = Arc::new(Mutex::new(serial));
     buses
         .pio

@@ -33,7 +33,11 @@ impl ExitWatcher {
 
 impl MutEventSubscriber for ExitWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(&self.control.exit_evt, Self::EXIT, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.control.exit_evt,
+            Self::EXIT,
+            EventSet::IN,
+        )) {
             error!("vm: cannot watch the exit event: {e:?}");
         }
     }

@@ -82,12 +82,21 @@ impl std::fmt::Display for ExitReason {
             Self::Reset => write!(f, "guest reset"),
             Self::Status(s) => write!(f, "guest exited with status {s}"),
             Self::TripleFault { vcpu } => write!(f, "triple fault on vCPU {vcpu}"),
-            Self::InternalError { vcpu, suberror, rip } => write!(
+            Self::InternalError {
+                vcpu,
+                suberror,
+                rip,
+            } => {
+                write!(
                 f,
                 "KVM internal error on vCPU {vcpu}: suberror {suberror}{} at guest RIP {rip:#x}",
                 if *suberror == 1 { " (emulation failure)" } else { "" }
-            ),
-            Self::FailEntry { vcpu, hardware_reason } => write!(
+            )
+            }
+            Self::FailEntry {
+                vcpu,
+                hardware_reason,
+            } => write!(
                 f,
                 "KVM failed to enter the guest on vCPU {vcpu}: hardware reason {hardware_reason:#x}"
             ),
@@ -108,10 +117,19 @@ mod tests {
         assert_eq!(ExitReason::Reset.exit_code(), 0);
         assert_eq!(ExitReason::Status(42).exit_code(), 42);
         let tf = ExitReason::TripleFault { vcpu: 0 }.exit_code();
-        let ie = ExitReason::InternalError { vcpu: 0, suberror: 1, rip: 0 }.exit_code();
+        let ie = ExitReason::InternalError {
+            vcpu: 0,
+            suberror: 1,
+            rip: 0,
+        }
+        .exit_code();
         assert!(tf != 0 && ie != 0 && tf != ie && tf != EXIT_CODE_ERROR);
-        assert!(ExitReason::InternalError { vcpu: 1, suberror: 1, rip: 0x1234 }
-            .to_string()
-            .contains("0x1234"));
+        assert!(ExitReason::InternalError {
+            vcpu: 1,
+            suberror: 1,
+            rip: 0x1234
+        }
+        .to_string()
+        .contains("0x1234"));
     }
 }

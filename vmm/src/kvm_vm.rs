@@ -91,12 +91,12 @@ impl KvmVm {
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
             let slot = slot as u32;
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|_| VmError::MemorySlot {
-                    slot,
-                    source: kvm_ioctls::Error::new(libc::EFAULT),
-                })?;
+            let host =
+                mem.get_host_address(region.start_addr())
+                    .map_err(|_| VmError::MemorySlot {
+                        slot,
+                        source: kvm_ioctls::Error::new(libc::EFAULT),
+                    })?;
             let r = kvm_userspace_memory_region {
                 slot,
                 flags: 0,

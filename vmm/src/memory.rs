@@ -39,11 +39,16 @@ mod tests {
     fn regions_follow_the_layout() {
         let m = create_guest_memory(64 << 20).expect("map");
         assert_eq!(m.num_regions(), 1);
-        m.write_obj(0xabu8, GuestAddress((64 << 20) - 1)).expect("last byte");
+        m.write_obj(0xabu8, GuestAddress((64 << 20) - 1))
+            .expect("last byte");
         assert!(m.write_obj(0u8, GuestAddress(64 << 20)).is_err());
         let big = create_guest_memory(5 << 30).expect("map lazily");
         assert_eq!(big.num_regions(), 2);
-        assert!(big.write_obj(1u8, GuestAddress(0xC000_0000)).is_err(), "MMIO gap has no RAM");
-        big.write_obj(1u8, GuestAddress((6u64 << 30) - 1)).expect("top of high RAM");
+        assert!(
+            big.write_obj(1u8, GuestAddress(0xC000_0000)).is_err(),
+            "MMIO gap has no RAM"
+        );
+        big.write_obj(1u8, GuestAddress((6u64 << 30) - 1))
+            .expect("top of high RAM");
     }
 }

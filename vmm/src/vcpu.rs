@@ -105,7 +105,10 @@ impl Vcpu {
             .map_err(|_| VcpuError::Msrs)?;
         let written = fd.set_msrs(&msrs).map_err(cfg("MSRs"))?;
         if written != msrs.as_slice().len() {
-            warn!("vcpu{id}: only {written} of {} boot MSRs accepted", msrs.as_slice().len());
+            warn!(
+                "vcpu{id}: only {written} of {} boot MSRs accepted",
+                msrs.as_slice().len()
+            );
         }
 
         fd.set_regs(&boot_regs(boot.protocol, boot.entry))
@@ -333,9 +336,18 @@ mod tests {
         let mut buses = IoBuses::default();
         let dev = Arc::new(Mutex::new(Reg(0x42, vec![])));
         buses.pio.insert(dev.clone(), 0x3f8, 8).expect("insert");
-        buses.mmio.insert(dev.clone(), 0xd000_0000, 0x1000).expect("insert");
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, &[1]), &buses), ExitAction::Continue);
-        assert_eq!(handle_exit(VcpuExit::MmioWrite(0xd000_0004, &[2, 3]), &buses), ExitAction::Continue);
+        buses
+            .mmio
+            .insert(dev.clone(), 0xd000_0000, 0x1000)
+            .expect("insert");
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x3f8, &[1]), &buses),
+            ExitAction::Continue
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::MmioWrite(0xd000_0004, &[2, 3]), &buses),
+            ExitAction::Continue
+        );
         assert_eq!(dev.lock().expect("lock").1, vec![1, 2, 3]);
         let mut d = [0u8; 1];
         handle_exit(VcpuExit::IoIn(0x3f9, &mut d), &buses);
@@ -346,26 +358,38 @@ mod tests {
         let mut d = [7u8; 4];
         handle_exit(VcpuExit::MmioRead(0xe000_0000, &mut d), &buses);
         assert_eq!(d, [0; 4], "unclaimed MMIO reads zero");
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x80, &[9]), &buses), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x80, &[9]), &buses),
+            ExitAction::Continue
+        );
     }
 
     #[test]
     fn stops_are_classified() {
         let buses = IoBuses::default();
-        assert_eq!(handle_exit(VcpuExit::Shutdown, &buses), ExitAction::Stop(VcpuStop::TripleFault));
+        assert_eq!(
+            handle_exit(VcpuExit::Shutdown, &buses),
+            ExitAction::Stop(VcpuStop::TripleFault)
+        );
         assert_eq!(
             handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &buses),
             ExitAction::Stop(VcpuStop::Reset)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &buses),
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &buses
+            ),
             ExitAction::Stop(VcpuStop::PowerOff)
         );
         assert_eq!(
             handle_exit(VcpuExit::FailEntry(0x80000021, 0), &buses),
             ExitAction::Stop(VcpuStop::FailEntry(0x80000021))
         );
-        assert_eq!(handle_exit(VcpuExit::InternalError, &buses), ExitAction::Stop(VcpuStop::InternalError));
+        assert_eq!(
+            handle_exit(VcpuExit::InternalError, &buses),
+            ExitAction::Stop(VcpuStop::InternalError)
+        );
         assert_eq!(handle_exit(VcpuExit::Intr, &buses), ExitAction::Continue);
     }
 }

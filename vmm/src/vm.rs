@@ -92,7 +92,14 @@ impl Vm {
             cmdline.push(' ');
             cmdline.push_str(arch::x86_64::cpuid::PVM_GUEST_CMDLINE);
         }
-        write_boot_structures(&mem, config.memory, config.vcpus, &kernel, cmdline.trim(), initrd)?;
+        write_boot_structures(
+            &mem,
+            config.memory,
+            config.vcpus,
+            &kernel,
+            cmdline.trim(),
+            initrd,
+        )?;
         let kernel_loaded = Instant::now();
 
         let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
@@ -249,11 +256,7 @@ impl VmHandle {
 
     /// Whether the VM has ended.
     pub fn has_ended(&self) -> bool {
-        self.done
-            .result
-            .lock()
-            .map(|g| g.is_some())
-            .unwrap_or(true)
+        self.done.result.lock().map(|g| g.is_some()).unwrap_or(true)
     }
 
     fn join(&mut self) {

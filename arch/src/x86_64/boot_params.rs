@@ -128,8 +128,16 @@ mod tests {
 
     #[test]
     fn zero_page_fields() {
-        let p = build_zero_page(None, 512 << 20, 42, Some(Initrd { addr: 0x1000_0000, size: 4096 }))
-            .expect("fits");
+        let p = build_zero_page(
+            None,
+            512 << 20,
+            42,
+            Some(Initrd {
+                addr: 0x1000_0000,
+                size: 4096,
+            }),
+        )
+        .expect("fits");
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE as u32);
@@ -156,13 +164,22 @@ mod tests {
 
     #[test]
     fn pvh_info() {
-        let i = build_pvh_info(6 << 30, Some(Initrd { addr: 0x100_0000, size: 10 }));
+        let i = build_pvh_info(
+            6 << 30,
+            Some(Initrd {
+                addr: 0x100_0000,
+                size: 10,
+            }),
+        );
         assert_eq!(i.start_info.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(i.start_info.memmap_entries, 3);
         assert_eq!(i.start_info.nr_modules, 1);
         assert_eq!(i.modules[0].paddr, 0x100_0000);
         assert_eq!(i.memmap[2].addr, 4 << 30);
         let none = build_pvh_info(64 << 20, None);
-        assert_eq!((none.start_info.nr_modules, none.start_info.modlist_paddr), (0, 0));
+        assert_eq!(
+            (none.start_info.nr_modules, none.start_info.modlist_paddr),
+            (0, 0)
+        );
     }
 }

@@ -16,37 +16,37 @@ pub const PVM_GUEST_CMDLINE: &str = "noxsave nordrand nopti clearcpuid=141,151,3
 
 /// (leaf, subleaf or None for all, register, bit) hidden by the PVM compatibility model.
 const PVM_HIDDEN: &[(u32, Option<u32>, Reg, u32)] = &[
-    (1, None, Reg::Ecx, 0),  // PCLMULQDQ
-    (1, None, Reg::Ecx, 9),  // SSSE3
-    (1, None, Reg::Ecx, 12), // FMA
-    (1, None, Reg::Ecx, 13), // CX16 (cmpxchg16b)
-    (1, None, Reg::Ecx, 17), // PCID
-    (1, None, Reg::Ecx, 19), // SSE4.1
-    (1, None, Reg::Ecx, 20), // SSE4.2
-    (1, None, Reg::Ecx, 22), // MOVBE
-    (1, None, Reg::Ecx, 23), // POPCNT
-    (1, None, Reg::Ecx, 25), // AES
-    (1, None, Reg::Ecx, 26), // XSAVE
-    (1, None, Reg::Ecx, 27), // OSXSAVE
-    (1, None, Reg::Ecx, 28), // AVX
-    (1, None, Reg::Ecx, 29), // F16C
-    (1, None, Reg::Ecx, 30), // RDRAND
-    (7, Some(0), Reg::Ebx, 0),  // FSGSBASE
-    (7, Some(0), Reg::Ebx, 3),  // BMI1
-    (7, Some(0), Reg::Ebx, 5),  // AVX2
-    (7, Some(0), Reg::Ebx, 7),  // SMEP
-    (7, Some(0), Reg::Ebx, 8),  // BMI2
-    (7, Some(0), Reg::Ebx, 10), // INVPCID
-    (7, Some(0), Reg::Ebx, 16), // AVX512F
-    (7, Some(0), Reg::Ebx, 18), // RDSEED
-    (7, Some(0), Reg::Ebx, 19), // ADX
-    (7, Some(0), Reg::Ebx, 20), // SMAP
-    (7, Some(0), Reg::Ebx, 23), // CLFLUSHOPT
-    (7, Some(0), Reg::Ebx, 24), // CLWB
-    (7, Some(0), Reg::Ecx, 2),  // UMIP
-    (7, Some(0), Reg::Ecx, 3),  // PKU
-    (7, Some(0), Reg::Ecx, 4),  // OSPKE
-    (7, Some(0), Reg::Ecx, 22), // RDPID
+    (1, None, Reg::Ecx, 0),           // PCLMULQDQ
+    (1, None, Reg::Ecx, 9),           // SSSE3
+    (1, None, Reg::Ecx, 12),          // FMA
+    (1, None, Reg::Ecx, 13),          // CX16 (cmpxchg16b)
+    (1, None, Reg::Ecx, 17),          // PCID
+    (1, None, Reg::Ecx, 19),          // SSE4.1
+    (1, None, Reg::Ecx, 20),          // SSE4.2
+    (1, None, Reg::Ecx, 22),          // MOVBE
+    (1, None, Reg::Ecx, 23),          // POPCNT
+    (1, None, Reg::Ecx, 25),          // AES
+    (1, None, Reg::Ecx, 26),          // XSAVE
+    (1, None, Reg::Ecx, 27),          // OSXSAVE
+    (1, None, Reg::Ecx, 28),          // AVX
+    (1, None, Reg::Ecx, 29),          // F16C
+    (1, None, Reg::Ecx, 30),          // RDRAND
+    (7, Some(0), Reg::Ebx, 0),        // FSGSBASE
+    (7, Some(0), Reg::Ebx, 3),        // BMI1
+    (7, Some(0), Reg::Ebx, 5),        // AVX2
+    (7, Some(0), Reg::Ebx, 7),        // SMEP
+    (7, Some(0), Reg::Ebx, 8),        // BMI2
+    (7, Some(0), Reg::Ebx, 10),       // INVPCID
+    (7, Some(0), Reg::Ebx, 16),       // AVX512F
+    (7, Some(0), Reg::Ebx, 18),       // RDSEED
+    (7, Some(0), Reg::Ebx, 19),       // ADX
+    (7, Some(0), Reg::Ebx, 20),       // SMAP
+    (7, Some(0), Reg::Ebx, 23),       // CLFLUSHOPT
+    (7, Some(0), Reg::Ebx, 24),       // CLWB
+    (7, Some(0), Reg::Ecx, 2),        // UMIP
+    (7, Some(0), Reg::Ecx, 3),        // PKU
+    (7, Some(0), Reg::Ecx, 4),        // OSPKE
+    (7, Some(0), Reg::Ecx, 22),       // RDPID
     (0x8000_0001, None, Reg::Ecx, 5), // ABM (lzcnt)
 ];
 
@@ -160,13 +160,26 @@ mod tests {
     }
 
     fn host() -> Vec<kvm_cpuid_entry2> {
-        vec![entry(1, 0), entry(7, 0), entry(0xb, 0), entry(0xb, 1), entry(0xd, 0)]
+        vec![
+            entry(1, 0),
+            entry(7, 0),
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0xd, 0),
+        ]
     }
 
     #[test]
     fn apic_id_and_topology() {
         let mut e = host();
-        filter_cpuid(&mut e, CpuidParams { vcpu_id: 3, vcpu_count: 4, pvm_compat: false });
+        filter_cpuid(
+            &mut e,
+            CpuidParams {
+                vcpu_id: 3,
+                vcpu_count: 4,
+                pvm_compat: false,
+            },
+        );
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & LEAF1_ECX_HYPERVISOR, 0);
@@ -180,7 +193,14 @@ mod tests {
     #[test]
     fn pvm_model_hides_emulator_gaps() {
         let mut e = host();
-        filter_cpuid(&mut e, CpuidParams { vcpu_id: 0, vcpu_count: 1, pvm_compat: true });
+        filter_cpuid(
+            &mut e,
+            CpuidParams {
+                vcpu_id: 0,
+                vcpu_count: 1,
+                pvm_compat: true,
+            },
+        );
         assert_eq!(e[0].ecx & (1 << 13), 0, "CX16");
         assert_eq!(e[0].ecx & (1 << 23), 0, "POPCNT");
         assert_eq!(e[0].ecx & (1 << 26), 0, "XSAVE");

@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(regions, vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
         assert_eq!(regions.iter().map(|r| r.1).sum::<u64>(), mem);
         let map = e820_map(mem);
-        assert_eq!(map.last().map(|e| (e.addr, e.size)), Some((4 << 30, 1 << 30)));
+        assert_eq!(
+            map.last().map(|e| (e.addr, e.size)),
+            Some((4 << 30, 1 << 30))
+        );
         // No RAM entry overlaps the gap.
         for e in &map {
             assert!(e.addr + e.size <= MMIO_GAP_START || e.addr >= MMIO_GAP_END);

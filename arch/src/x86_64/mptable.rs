@@ -45,10 +45,14 @@ pub const fn mptable_size(vcpus: u8) -> usize {
         + ENTRY_LEN * (2 + (IRQ_MAX as usize + 1) + 2)
 }
 
-const _: () = assert!(MPTABLE + mptable_size(super::layout::MAX_VCPUS) as u64 <= super::layout::HIMEM_START);
+const _: () =
+    assert!(MPTABLE + mptable_size(super::layout::MAX_VCPUS) as u64 <= super::layout::HIMEM_START);
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Builds the MP floating pointer followed by the configuration table, to be written at

@@ -49,8 +49,12 @@ mod tests {
     #[test]
     fn enables_fast_strings_and_wb_mtrr() {
         let e = boot_msr_entries();
-        assert!(e.iter().any(|m| m.index == MSR_IA32_MISC_ENABLE && m.data == 1));
-        assert!(e.iter().any(|m| m.index == MSR_MTRR_DEF_TYPE && m.data == 0x806));
+        assert!(e
+            .iter()
+            .any(|m| m.index == MSR_IA32_MISC_ENABLE && m.data == 1));
+        assert!(e
+            .iter()
+            .any(|m| m.index == MSR_MTRR_DEF_TYPE && m.data == 0x806));
         let mut idx: Vec<u32> = e.iter().map(|m| m.index).collect();
         idx.dedup();
         assert_eq!(idx.len(), e.len());

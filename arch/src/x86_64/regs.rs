@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn linux64_registers() {
         let r = boot_regs(BootProtocol::Linux64, 0x100_0000);
-        assert_eq!((r.rip, r.rsi, r.rsp, r.rflags), (0x100_0000, ZERO_PAGE, BOOT_STACK_POINTER, 2));
+        assert_eq!(
+            (r.rip, r.rsi, r.rsp, r.rflags),
+            (0x100_0000, ZERO_PAGE, BOOT_STACK_POINTER, 2)
+        );
         let mut s = kvm_sregs::default();
         configure_sregs(&mut s, BootProtocol::Linux64);
         assert_eq!(s.cr3, PML4);

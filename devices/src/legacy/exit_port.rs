@@ -55,6 +55,9 @@ mod tests {
         port.write(0, &[42]);
         port.write(0, &[7, 1]);
         port.write(1, &[9]);
-        assert_eq!(*sink.0.lock().expect("lock"), vec![GuestExit::Status(42), GuestExit::Status(7)]);
+        assert_eq!(
+            *sink.0.lock().expect("lock"),
+            vec![GuestExit::Status(42), GuestExit::Status(7)]
+        );
     }
 }

@@ -175,7 +175,11 @@ impl SerialInput {
 impl MutEventSubscriber for SerialInput {
     fn init(&mut self, ops: &mut EventOps) {
         self.set_input_watch(ops, true);
-        if let Err(e) = ops.add(Events::with_data(&self.drained, Self::DRAINED, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.drained,
+            Self::DRAINED,
+            EventSet::IN,
+        )) {
             error!("serial: cannot watch the receive FIFO: {e:?}");
         }
     }
@@ -236,7 +240,8 @@ mod tests {
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let out = Shared::default();
         let (mut s, _drained) =
-            Serial::new(EventFdTrigger(irq.try_clone().expect("clone")), out.clone()).expect("serial");
+            Serial::new(EventFdTrigger(irq.try_clone().expect("clone")), out.clone())
+                .expect("serial");
         s.write(IER, &[0x2]); // THR-empty interrupt on
         for b in b"hi\n" {
             s.write(THR, &[*b]);

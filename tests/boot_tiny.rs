@@ -1,0 +1,203 @@
+//! Boots the tiny freestanding test guest (tests/guests/tiny.c) through the `ember` CLI:
+//! console output, command line, exit reasons, unhandled I/O, console input, signals.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{require_kvm, run_ember, tiny_guest, Run};
+
+const T: Duration = Duration::from_secs(20);
+
+fn tiny(cmdline: &str, extra: &[&str]) -> Run {
+    let kernel = tiny_guest().to_str().expect("utf-8 path").to_string();
+    let mut args = vec!["--kernel", kernel.as_str(), "--cmdline", cmdline];
+    args.extend_from_slice(extra);
+    run_ember(&args, b"", T)
+}
+
+#[test]
+fn console_output_arrives_byte_for_byte() {
+    if !require_kvm() {
+        return;
+    }
+    let r = tiny("action=pattern:500", &[]);
+    let expected: String = (0..500)
+        .map(|i| format!("line {i}: the quick brown fox jumps over the lazy dog\n"))
+        .collect();
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout, expected);
+}
+
+#[test]
+fn command_line_reaches_the_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let token = format!("ember.test.token={}", std::process::id());
+    let r = tiny(
+        &format!("console=ttyS0 {token} quote=\"a b\""),
+        &["--pvm", "off"],
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stdout.contains("tiny: hello\n"), "{r:?}");
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("cmdline: "))
+        .expect("cmdline line");
+    assert_eq!(
+        line,
+        format!("cmdline: console=ttyS0 {token} quote=\"a b\"")
+    );
+}
+
+#[test]
+fn default_command_line_is_used_without_one() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = tiny_guest().to_str().expect("utf-8 path").to_string();
+    let r = run_ember(&["--kernel", &kernel, "--pvm", "off"], b"", T);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("cmdline: console=ttyS0 reboot=k panic=1 pci=off"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn pvm_options_follow_the_flag() {
+    if !require_kvm() {
+        return;
+    }
+    let on = tiny("user=1", &["--pvm", "on"]);
+    assert!(on.stdout.contains("cmdline: user=1 noxsave"), "{on:?}");
+    assert!(on.stdout.contains("clearcpuid="), "{on:?}");
+    assert!(on.stderr.contains("kvm-pvm host"), "{on:?}");
+    let off = tiny("user=1", &["--pvm", "off"]);
+    assert!(off.stdout.contains("cmdline: user=1\n"), "{off:?}");
+    assert!(!off.stderr.contains("kvm-pvm"), "{off:?}");
+    let auto = tiny("user=1", &[]);
+    assert_eq!(
+        auto.stdout.contains("noxsave"),
+        common::host_is_pvm(),
+        "{auto:?}"
+    );
+}
+
+#[test]
+fn reset_exits_zero() {
+    if !require_kvm() {
+        return;
+    }
+    let r = tiny("action=reset", &[]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(r.stderr.lines().all(|l| !l.contains("error")), "{r:?}");
+}
+
+#[test]
+fn exit_port_sets_the_status() {
+    if !require_kvm() {
+        return;
+    }
+    for status in [0, 1, 42, 255] {
+        let r = tiny(&format!("action=exit:{status}"), &[]);
+        assert_eq!(r.code(), status, "{r:?}");
+    }
+}
+
+#[test]
+fn triple_fault_exits_with_its_own_status_quickly() {
+    if !require_kvm() {
+        return;
+    }
+    let r = tiny("action=triplefault", &[]);
+    assert_eq!(r.code(), 3, "{r:?}");
+    assert!(r.stdout.contains("tiny: triple fault"), "{r:?}");
+    assert!(r.stderr.contains("triple fault"), "{r:?}");
+    assert!(r.elapsed < Duration::from_secs(1), "took {:?}", r.elapsed);
+}
+
+#[test]
+fn unhandled_port_and_mmio_do_not_stop_the_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let r = tiny("action=unhandled", &[]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stdout.contains("port read 255 mmio read 0\nsurvived\n"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn console_input_reaches_the_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = tiny_guest().to_str().expect("utf-8 path").to_string();
+    // More than the 64-byte receive FIFO, so refilling after a drain is exercised.
+    let input: String = (0..300)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = run_ember(
+        &[
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            &format!("action=echo:{}", input.len()),
+        ],
+        input.as_bytes(),
+        T,
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout, format!("tiny: ready\n{input}\ntiny: echoed\n"));
+}
+
+#[test]
+fn smp_and_large_memory_guests_boot() {
+    if !require_kvm() {
+        return;
+    }
+    let r = tiny("action=exit:9", &["--cpus", "8", "--memory", "5G"]);
+    assert_eq!(r.code(), 9, "{r:?}");
+}
+
+#[test]
+fn sigterm_stops_a_spinning_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = tiny_guest().to_str().expect("utf-8 path").to_string();
+    let mut child = std::process::Command::new(common::ember_bin())
+        .args([
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            "action=loop",
+            "--cpus",
+            "2",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 14];
+    std::io::Read::read_exact(&mut out, &mut buf).expect("guest output");
+    assert_eq!(&buf, b"tiny: looping\n");
+    let start = std::time::Instant::now();
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}

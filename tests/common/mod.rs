@@ -1,0 +1,170 @@
+//! Shared helpers for the integration tests: KVM presence, building the tiny test guest,
+//! running `ember` with a timeout and capturing what it prints.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `ember` binary under test.
+pub fn ember_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ember")
+}
+
+/// Whether KVM is usable. Without it a test fails under `CI=true` and is skipped (with a
+/// printed reason) elsewhere.
+pub fn require_kvm() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("/dev/kvm is not usable and CI=true: KVM tests cannot be skipped");
+        }
+        eprintln!("SKIPPED: /dev/kvm is not usable on this host");
+    }
+    ok
+}
+
+/// Whether the host's KVM is kvm-pvm (guest user space cannot make system calls there).
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn out_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&d).expect("guest build directory");
+    d
+}
+
+/// Compiles `tests/guests/<name>.c` with the system gcc into a freestanding ELF; once per
+/// test process.
+pub fn build_guest(name: &str) -> PathBuf {
+    let src = repo_root().join("tests/guests").join(format!("{name}.c"));
+    let ld = repo_root().join("tests/guests/tiny.ld");
+    let out = out_dir().join(format!("{name}.elf"));
+    let tmp = out_dir().join(format!("{name}.elf.{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args([
+            "-O2",
+            "-m64",
+            "-ffreestanding",
+            "-fno-pic",
+            "-no-pie",
+            "-nostdlib",
+            "-static",
+            "-mgeneral-regs-only",
+            "-mno-red-zone",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-Wall",
+            "-Werror",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+        ])
+        .arg(format!("-Wl,-T,{}", ld.display()))
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .status()
+        .expect("gcc must be installed to build the test guests");
+    assert!(status.success(), "building {} failed", src.display());
+    std::fs::rename(&tmp, &out).expect("install guest");
+    out
+}
+
+/// The tiny test guest (tests/guests/tiny.c).
+pub fn tiny_guest() -> &'static Path {
+    static TINY: OnceLock<PathBuf> = OnceLock::new();
+    TINY.get_or_init(|| build_guest("tiny"))
+}
+
+/// What one run of `ember` did.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status (None if killed after the timeout).
+    pub status: Option<ExitStatus>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// Wall time until exit.
+    pub elapsed: Duration,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+}
+
+impl Run {
+    /// The exit code, or -1 when killed by a signal or the timeout.
+    pub fn code(&self) -> i32 {
+        self.status.and_then(|s| s.code()).unwrap_or(-1)
+    }
+}
+
+/// Runs `ember args...` with `stdin` as input, killing it after `timeout`.
+pub fn run_ember(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
+    run_ember_env(args, stdin, timeout, &[])
+}
+
+/// Like [`run_ember`] with extra environment variables.
+pub fn run_ember_env(args: &[&str], stdin: &[u8], timeout: Duration, env: &[(&str, &str)]) -> Run {
+    let start = Instant::now();
+    let mut cmd = Command::new(ember_bin());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn ember");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let elapsed = start.elapsed();
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out_t.join().expect("stdout reader")).into_owned();
+    let stderr = String::from_utf8_lossy(&err_t.join().expect("stderr reader")).into_owned();
+    Run {
+        status,
+        stdout,
+        stderr,
+        elapsed,
+        timed_out,
+    }
+}
