@@ -37,6 +37,10 @@ struct Cli {
     /// Number of vCPUs (1 to 254).
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
+    /// A virtio-blk disk: PATH[,ro][,serial=ID]. Repeatable; the guest sees /dev/vda,
+    /// /dev/vdb, ... in order. Without --initrd the first disk is the root filesystem.
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<String>,
     /// PVM compatibility CPU model and guest options: auto (on kvm-pvm hosts), on, off.
     #[arg(long, value_enum, default_value_t = PvmArg::Auto)]
     pvm: PvmArg,
@@ -127,7 +131,14 @@ fn run(cli: Cli) -> Result<u8, String> {
         .ok()
         .filter(|n| (1..=254).contains(n))
         .ok_or_else(|| error_chain(&vmm::ConfigError::VcpuCount(cli.cpus)))?;
+    let disks = cli
+        .disk
+        .iter()
+        .map(|d| vmm::DiskConfig::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error_chain(&e))?;
     let config = VmConfig {
+        disks,
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,

@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 use std::sync::Arc;
 

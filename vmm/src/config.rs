@@ -70,9 +70,54 @@ pub enum ConfigError {
     /// A memory size string that does not parse.
     #[error("Invalid memory size '{0}': use MiB (512) or a suffix (512M, 2G)")]
     MemorySyntax(String),
+    /// A `--disk` value that does not parse.
+    #[error("Invalid disk '{0}': use PATH[,ro][,serial=ID]")]
+    DiskSyntax(String),
+    /// Too many disks.
+    #[error("{0} disks requested; Ember supports at most 19")]
+    TooManyDisks(usize),
+    /// A disk serial longer than GET_ID can return.
+    #[error("Disk serial '{0}' is longer than 20 bytes")]
+    DiskSerial(String),
     /// The command line holds a NUL or a non-ASCII byte.
     #[error("The kernel command line may only hold printable ASCII")]
     CmdlineChars,
+}
+
+/// Most disks a VM can have (one GSI each, 5 to 23).
+pub const MAX_DISKS: usize = 19;
+
+/// A virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file (or block device).
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+    /// Serial number returned to GET_ID (at most 20 bytes); `None` names it after its slot.
+    pub serial: Option<String>,
+}
+
+impl DiskConfig {
+    /// Parses the CLI form `PATH[,ro][,rw][,serial=ID]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let mut parts = spec.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| ConfigError::DiskSyntax(spec.to_string()))?;
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            read_only: false,
+            serial: None,
+        };
+        for opt in parts {
+            match opt {
+                "ro" => disk.read_only = true,
+                "rw" => disk.read_only = false,
+                o if o.starts_with("serial=") => disk.serial = Some(o["serial=".len()..].to_string()),
+                _ => return Err(ConfigError::DiskSyntax(spec.to_string())),
+            }
+        }
+        Ok(disk)
+    }
 }
 
 /// Everything needed to build a VM.
@@ -90,6 +135,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// PVM compatibility settings.
     pub pvm: PvmMode,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -102,6 +149,7 @@ impl VmConfig {
             memory: DEFAULT_MEMORY,
             vcpus: 1,
             pvm: PvmMode::Auto,
+            disks: Vec::new(),
         }
     }
 
@@ -138,6 +186,14 @@ impl VmConfig {
                     requested: self.memory >> 20,
                     available: available >> 20,
                 });
+            }
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for d in &self.disks {
+            if let Some(s) = d.serial.as_ref().filter(|s| s.len() > 20) {
+                return Err(ConfigError::DiskSerial(s.clone()));
             }
         }
         if let Some(c) = &self.cmdline {
@@ -220,6 +276,17 @@ mod tests {
             "20000000T",
         ] {
             assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d = DiskConfig::parse("/img,ro,serial=abc").expect("valid");
+        assert_eq!(d, DiskConfig { path: "/img".into(), read_only: true, serial: Some("abc".into()) });
+        assert!(!DiskConfig::parse("a.img").expect("valid").read_only);
+        assert!(!DiskConfig::parse("a.img,ro,rw").expect("valid").read_only);
+        for bad in ["", ",ro", "a.img,bogus", "a.img,ro,"] {
+            assert!(DiskConfig::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -7,13 +7,22 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::EventFd;
 
-use arch::x86_64::layout::{COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT};
+use arch::x86_64::layout::{
+    COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT, IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE,
+    VIRTIO_MMIO_START,
+};
+use devices::virtio::block::{BlockHandler, Disk, DiskError, VirtioBlock};
+use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use devices::virtio::{VirtioDevice, VirtioInterrupt};
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
 use devices::legacy::{ExitPort, Serial, SerialInput, I8042};
 use devices::{EventFdTrigger, SharedExitSink};
 
+use crate::config::DiskConfig;
 use crate::console::ConsoleWriter;
+use crate::memory::GuestMemoryMmap;
 use crate::kvm_vm::KvmVm;
 use crate::vcpu::IoBuses;
 
@@ -26,6 +35,15 @@ pub enum DeviceError {
     /// Registering an irqfd failed.
     #[error("Cannot register the interrupt of {0}")]
     Irqfd(&'static str, #[source] kvm_ioctls::Error),
+    /// Registering an ioeventfd failed.
+    #[error("Cannot register the queue notification of {0}")]
+    Ioeventfd(&'static str, #[source] kvm_ioctls::Error),
+    /// Opening a disk failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// No interrupt line is left.
+    #[error("No interrupt line left for disk {0}")]
+    NoIrq(usize),
     /// Inserting into a bus failed.
     #[error("Cannot place {0} on the bus")]
     Bus(&'static str, #[source] BusError),
@@ -81,4 +99,49 @@ pub(crate) fn create_legacy_devices(
         .map_err(|e| DeviceError::Bus("exit port", e))?;
 
     Ok(Devices { buses, subscribers })
+}
+
+/// Creates one virtio-blk device per disk on the MMIO bus and returns the kernel
+/// command-line entries (`virtio_mmio.device=...`) that announce them.
+pub(crate) fn create_block_devices(
+    vm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    disks: &[DiskConfig],
+    devices: &mut Devices,
+) -> Result<Vec<String>, DeviceError> {
+    let mut cmdline = Vec::with_capacity(disks.len());
+    for (i, cfg) in disks.iter().enumerate() {
+        let letter = char::from(b'a' + (i % 26) as u8);
+        let serial = cfg.serial.clone().unwrap_or_else(|| format!("ember-vd{letter}"));
+        let disk = Disk::open(&cfg.path, cfg.read_only, &serial)?;
+        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_IRQ_START + i as u32;
+        if gsi > IRQ_MAX {
+            return Err(DeviceError::NoIrq(i));
+        }
+
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
+        vm.fd
+            .register_irqfd(&irq, gsi)
+            .map_err(|e| DeviceError::Irqfd("a disk", e))?;
+        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
+        vm.fd
+            .register_ioevent(&kick, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), NoDatamatch)
+            .map_err(|e| DeviceError::Ioeventfd("a disk", e))?;
+
+        let block = Arc::new(Mutex::new(VirtioBlock::new(disk, mem.clone())));
+        let dev: Arc<Mutex<dyn VirtioDevice>> = block.clone();
+        let kick_for_bus = kick.try_clone().map_err(|e| DeviceError::EventFd("a disk", e))?;
+        let transport = MmioTransport::new(dev, mem.clone(), VirtioInterrupt::new(irq), vec![kick_for_bus]);
+        devices
+            .buses
+            .mmio
+            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+            .map_err(|e| DeviceError::Bus("a disk", e))?;
+        devices
+            .subscribers
+            .push(Arc::new(Mutex::new(BlockHandler::new(block, kick))));
+        cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+    }
+    Ok(cmdline)
 }

@@ -23,7 +23,7 @@ pub mod pvm;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{parse_memory_size, ConfigError, PvmMode, VmConfig, DEFAULT_CMDLINE};
+pub use config::{parse_memory_size, ConfigError, DiskConfig, PvmMode, VmConfig, DEFAULT_CMDLINE};
 pub use console::{Console, ConsoleInput, ConsoleOutput};
 pub use exit::ExitReason;
 pub use vm::{Timestamps, Vm, VmExit, VmHandle, VmStopper};

@@ -13,7 +13,7 @@ use crate::boot::{load_initrd, load_kernel, write_boot_structures};
 use crate::config::{VmConfig, DEFAULT_CMDLINE};
 use crate::console::{pipe, Console, ConsoleInput, ConsoleWriter};
 use crate::control::VmControl;
-use crate::device_manager::create_legacy_devices;
+use crate::device_manager::{create_block_devices, create_legacy_devices};
 use crate::event_loop::{create_manager, run_until_stop, stop_vcpus};
 use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
@@ -80,28 +80,7 @@ impl Vm {
             Some(p) => Some(load_initrd(&mem, config.memory, &kernel, p)?),
             None => None,
         };
-        let mut cmdline = config
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if pvm_compat {
-            info!(
-                "kvm-pvm host: giving the guest the PVM compatibility CPU model and options ({})",
-                arch::x86_64::cpuid::PVM_GUEST_CMDLINE
-            );
-            cmdline.push(' ');
-            cmdline.push_str(arch::x86_64::cpuid::PVM_GUEST_CMDLINE);
-        }
-        write_boot_structures(
-            &mem,
-            config.memory,
-            config.vcpus,
-            &kernel,
-            cmdline.trim(),
-            initrd,
-        )?;
         let kernel_loaded = Instant::now();
-
         let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
         let (console_in, console_in_writer) = match console.input {
             ConsoleInput::None => (None, None),
@@ -111,12 +90,16 @@ impl Vm {
                 (Some(r), Some(w))
             }
         };
-        let devices = create_legacy_devices(
+        let mut devices = create_legacy_devices(
             &vm,
             control.clone(),
             ConsoleWriter::new(console.output),
             console_in,
         )?;
+
+        let disk_cmdline = create_block_devices(&vm, &mem, &config.disks, &mut devices)?;
+        let cmdline = compose_cmdline(&config, &disk_cmdline, pvm_compat);
+        write_boot_structures(&mem, config.memory, config.vcpus, &kernel, &cmdline, initrd)?;
 
         let boot = VcpuBootConfig {
             protocol: kernel.protocol,
@@ -291,5 +274,60 @@ impl VmHandle {
     /// A remote control for this VM.
     pub fn stopper(&self) -> VmStopper {
         VmStopper(self.control.clone())
+    }
+}
+
+/// The command line the guest gets: the user's (or the default), the disks' virtio-mmio
+/// entries, `root=/dev/vda` when the first disk is the root, and the PVM options.
+fn compose_cmdline(config: &VmConfig, disk_entries: &[String], pvm_compat: bool) -> String {
+    let mut cmdline = config
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    for e in disk_entries {
+        cmdline.push(' ');
+        cmdline.push_str(e);
+    }
+    let names_root = cmdline.split_whitespace().any(|w| w.starts_with("root="));
+    if let Some(first) = config.disks.first() {
+        if config.initrd.is_none() && !names_root {
+            cmdline.push_str(if first.read_only { " root=/dev/vda ro" } else { " root=/dev/vda rw" });
+        }
+    }
+    if pvm_compat {
+        info!(
+            "kvm-pvm host: giving the guest the PVM compatibility CPU model and options ({})",
+            arch::x86_64::cpuid::PVM_GUEST_CMDLINE
+        );
+        cmdline.push(' ');
+        cmdline.push_str(arch::x86_64::cpuid::PVM_GUEST_CMDLINE);
+    }
+    cmdline.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DiskConfig;
+
+    #[test]
+    fn command_line_composition() {
+        let mut c = VmConfig::new("/k");
+        c.cmdline = Some("console=ttyS0".into());
+        assert_eq!(compose_cmdline(&c, &[], false), "console=ttyS0");
+        c.disks.push(DiskConfig { path: "/a".into(), read_only: true, serial: None });
+        let e = vec!["virtio_mmio.device=4K@0xd0000000:5".to_string()];
+        assert_eq!(
+            compose_cmdline(&c, &e, false),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 root=/dev/vda ro"
+        );
+        c.cmdline = Some("root=/dev/vdb".into());
+        assert_eq!(compose_cmdline(&c, &e, false), "root=/dev/vdb virtio_mmio.device=4K@0xd0000000:5");
+        c.initrd = Some("/i".into());
+        c.cmdline = Some("x".into());
+        assert!(!compose_cmdline(&c, &e, true).contains("root="));
+        assert!(compose_cmdline(&c, &e, true).ends_with(arch::x86_64::cpuid::PVM_GUEST_CMDLINE));
+        c.cmdline = None;
+        assert!(compose_cmdline(&c, &[], false).starts_with(DEFAULT_CMDLINE));
     }
 }

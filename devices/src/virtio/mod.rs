@@ -1,0 +1,91 @@
+//! Virtio devices (virtio 1.2, <https://docs.oasis-open.org/virtio/virtio/v1.2/virtio-v1.2.html>)
+//! over the MMIO transport (§4.2). Split virtqueues come from rust-vmm's `virtio-queue`;
+//! notifications arrive through an ioeventfd and interrupts leave through an irqfd, so no
+//! request passes through a vCPU thread.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as virtio devices see it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// `InterruptStatus` bit: a used buffer was added to a queue (§4.2.2).
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+/// `InterruptStatus` bit: the configuration changed.
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// The interrupt line of one virtio-mmio device and its `InterruptStatus` register, shared by
+/// the transport (guest reads and acknowledges) and the device (raises).
+#[derive(Clone, Debug)]
+pub struct VirtioInterrupt {
+    status: Arc<AtomicU32>,
+    irq: Arc<EventFd>,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised through `irq` (an irqfd).
+    pub fn new(irq: EventFd) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            irq: Arc::new(irq),
+        }
+    }
+
+    /// Sets `bits` in `InterruptStatus` and raises the line.
+    pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.irq.write(1)
+    }
+
+    /// The current `InterruptStatus`.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears `bits` (`InterruptACK`).
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears everything (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    /// The driver did not set up the queues the device needs.
+    #[error("Queue {0} is not ready or not valid")]
+    BadQueue(usize),
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (§5).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Reads from the device-specific configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes to the configuration space (ignored by devices without writable fields).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the negotiated `features` and the driver's `queues`.
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: Vec<Queue>,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError>;
+    /// Stops the device and forgets its queues (device reset, §2.4).
+    fn reset(&mut self);
+}
