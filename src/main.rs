@@ -44,6 +44,10 @@ struct Cli {
     /// PVM compatibility CPU model and guest options: auto (on kvm-pvm hosts), on, off.
     #[arg(long, value_enum, default_value_t = PvmArg::Auto)]
     pvm: PvmArg,
+    /// A command (and its arguments) for the project's initramfs to run in the guest;
+    /// `ember` then exits with the command's status. Give it after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
     /// Print the default kernel command line and exit.
     #[arg(long, exclusive = true, hide = true)]
     print_default_cmdline: bool,
@@ -139,6 +143,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         .map_err(|e| error_chain(&e))?;
     let config = VmConfig {
         disks,
+        command: (!cli.command.is_empty()).then_some(cli.command),
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,

@@ -5,7 +5,8 @@
  * page). It reads its command line from the zero page (cmd_line_ptr at offset 0x228) and acts
  * on `action=`:
  *   (none)           print "tiny: hello" and the command line, then reset (i8042 0xFE)
- *   print            print every `say=` word given, then reset
+ *   print            print every `say=` word given, then exit with `status=` if given,
+ *                    else reset
  *   reset            reset through the i8042 at once
  *   triplefault      load an empty IDT and raise #UD: the CPU triple-faults
  *   exit:N           write N to the exit port 0xf4
@@ -14,6 +15,8 @@
  *   unhandled        touch unclaimed ports and MMIO, then print "survived" and exit 0
  *   echo:N           read N bytes from the serial port, echo each, then exit 0
  *   pattern:N        print N lines of a known pattern, then exit 0
+ *   kbd              wait for Ctrl+Alt+Del on the i8042 keyboard (polling port 0x64),
+ *                    then exit 77
  * Built with -ffreestanding -mgeneral-regs-only -mno-red-zone: no SSE, no int3, so it runs on
  * any KVM, including hosts whose KVM emulates guest kernel code.
  */
@@ -87,6 +90,8 @@ void tiny_main(const u8 *zero_page) {
     if (starts_with(action, "print")) {
         const char *p = cmdline;
         while ((p = param(p, "say="))) { put_word(p); putc('\n'); }
+        const char *st = param(cmdline, "status=");
+        if (st) exit_status((u8)parse_dec(st));
         reset();
     }
     if (starts_with(action, "reset")) reset();
@@ -137,6 +142,23 @@ void tiny_main(const u8 *zero_page) {
             puts(": the quick brown fox jumps over the lazy dog\n");
         }
         exit_status(0);
+    }
+    if (starts_with(action, "kbd")) {
+        /* Scan code set 2: Ctrl 0x14, Alt 0x11, Delete 0xe0 0x71. */
+        u8 prev = 0;
+        int ctrl = 0, alt = 0;
+        puts("tiny: waiting for ctrl-alt-del\n");
+        for (;;) {
+            if (!(inb(0x64) & 1)) { __asm__ volatile("pause"); continue; }
+            u8 b = inb(0x60);
+            if (b == 0x14 && prev != 0xf0) ctrl = 1;
+            if (b == 0x11 && prev != 0xf0) alt = 1;
+            if (b == 0x71 && prev == 0xe0 && ctrl && alt) {
+                puts("tiny: ctrl-alt-del\n");
+                exit_status(77);
+            }
+            prev = b;
+        }
     }
     puts("tiny: unknown action\n");
     exit_status(99);

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use arch::x86_64::layout::MAX_VCPUS;
 
 /// Smallest guest memory Ember accepts: boot structures sit below 1 MiB and kernels load at
@@ -15,7 +17,8 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd no_timer_check tsc=reliable";
 
 /// Whether to apply the PVM compatibility settings (see `arch::x86_64::cpuid`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PvmMode {
     /// Apply them when the host's KVM is kvm-pvm.
     #[default]
@@ -70,6 +73,12 @@ pub enum ConfigError {
     /// A memory size string that does not parse.
     #[error("Invalid memory size '{0}': use MiB (512) or a suffix (512M, 2G)")]
     MemorySyntax(String),
+    /// A JSON configuration that does not parse.
+    #[error("Invalid VM configuration: {0}")]
+    Json(String),
+    /// The guest command cannot be encoded.
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandError),
     /// A `--disk` value that does not parse.
     #[error("Invalid disk '{0}': use PATH[,ro][,serial=ID]")]
     DiskSyntax(String),
@@ -88,13 +97,16 @@ pub enum ConfigError {
 pub const MAX_DISKS: usize = 19;
 
 /// A virtio-blk disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// The image file (or block device).
     pub path: PathBuf,
     /// Whether the guest may only read it.
+    #[serde(default)]
     pub read_only: bool,
     /// Serial number returned to GET_ID (at most 20 bytes); `None` names it after its slot.
+    #[serde(default)]
     pub serial: Option<String>,
 }
 
@@ -102,7 +114,10 @@ impl DiskConfig {
     /// Parses the CLI form `PATH[,ro][,rw][,serial=ID]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let mut parts = spec.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| ConfigError::DiskSyntax(spec.to_string()))?;
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| ConfigError::DiskSyntax(spec.to_string()))?;
         let mut disk = DiskConfig {
             path: PathBuf::from(path),
             read_only: false,
@@ -112,7 +127,9 @@ impl DiskConfig {
             match opt {
                 "ro" => disk.read_only = true,
                 "rw" => disk.read_only = false,
-                o if o.starts_with("serial=") => disk.serial = Some(o["serial=".len()..].to_string()),
+                o if o.starts_with("serial=") => {
+                    disk.serial = Some(o["serial=".len()..].to_string())
+                }
                 _ => return Err(ConfigError::DiskSyntax(spec.to_string())),
             }
         }
@@ -120,23 +137,56 @@ impl DiskConfig {
     }
 }
 
-/// Everything needed to build a VM.
-#[derive(Clone, Debug)]
+/// Everything needed to build a VM. Deserializable (JSON, ...) with unknown fields refused;
+/// `memory` takes bytes as a number or a size string such as `"512M"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Guest kernel: an ELF `vmlinux` (entered through PVH when it has the note) or a bzImage.
     pub kernel: PathBuf,
     /// Optional initramfs.
+    #[serde(default)]
     pub initrd: Option<PathBuf>,
     /// Kernel command line; `None` uses [`DEFAULT_CMDLINE`].
+    #[serde(default)]
     pub cmdline: Option<String>,
     /// Guest memory in bytes.
+    #[serde(default = "default_memory", deserialize_with = "deserialize_memory")]
     pub memory: u64,
     /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
     pub vcpus: u8,
     /// PVM compatibility settings.
+    #[serde(default)]
     pub pvm: PvmMode,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// A command for the project's initramfs init to run (see [`crate::command`]); the VM's
+    /// exit status is then the command's.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+
+fn deserialize_memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(b) => Ok(b),
+        Size::Text(t) => parse_memory_size(&t).map_err(serde::de::Error::custom),
+    }
 }
 
 impl VmConfig {
@@ -150,7 +200,19 @@ impl VmConfig {
             vcpus: 1,
             pvm: PvmMode::Auto,
             disks: Vec::new(),
+            command: None,
         }
+    }
+
+    /// Starts a builder for a VM booting `kernel`.
+    pub fn builder(kernel: impl Into<PathBuf>) -> VmConfigBuilder {
+        VmConfigBuilder(Self::new(kernel))
+    }
+
+    /// Parses a JSON configuration (unknown fields are errors). Call [`Self::validate`]
+    /// (or just start the VM) to check the values.
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))
     }
 
     /// Checks every value and that the files can be opened.
@@ -196,12 +258,73 @@ impl VmConfig {
                 return Err(ConfigError::DiskSerial(s.clone()));
             }
         }
+        if let Some(argv) = &self.command {
+            crate::command::encode(argv)?;
+        }
         if let Some(c) = &self.cmdline {
             if !c.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t') {
                 return Err(ConfigError::CmdlineChars);
             }
         }
         Ok(())
+    }
+}
+
+/// Builds a [`VmConfig`] step by step; [`VmConfigBuilder::build`] validates it.
+#[derive(Clone, Debug)]
+pub struct VmConfigBuilder(VmConfig);
+
+impl VmConfigBuilder {
+    /// Sets the initramfs.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.initrd = Some(path.into());
+        self
+    }
+
+    /// Replaces the default kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.0.cmdline = Some(cmdline.into());
+        self
+    }
+
+    /// Sets guest memory in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.0.memory = mib.saturating_mul(1 << 20);
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn vcpus(mut self, n: u8) -> Self {
+        self.0.vcpus = n;
+        self
+    }
+
+    /// Sets the PVM compatibility mode.
+    pub fn pvm(mut self, mode: PvmMode) -> Self {
+        self.0.pvm = mode;
+        self
+    }
+
+    /// Adds a disk.
+    pub fn disk(mut self, path: impl Into<PathBuf>, read_only: bool) -> Self {
+        self.0.disks.push(DiskConfig {
+            path: path.into(),
+            read_only,
+            serial: None,
+        });
+        self
+    }
+
+    /// Sets a command for the guest's init to run.
+    pub fn command<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
+        self.0.command = Some(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<VmConfig, ConfigError> {
+        self.0.validate()?;
+        Ok(self.0)
     }
 }
 
@@ -282,7 +405,14 @@ mod tests {
     #[test]
     fn disk_specs() {
         let d = DiskConfig::parse("/img,ro,serial=abc").expect("valid");
-        assert_eq!(d, DiskConfig { path: "/img".into(), read_only: true, serial: Some("abc".into()) });
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/img".into(),
+                read_only: true,
+                serial: Some("abc".into())
+            }
+        );
         assert!(!DiskConfig::parse("a.img").expect("valid").read_only);
         assert!(!DiskConfig::parse("a.img,ro,rw").expect("valid").read_only);
         for bad in ["", ",ro", "a.img,bogus", "a.img,ro,"] {
@@ -325,6 +455,57 @@ mod tests {
         assert!(matches!(
             missing.validate(),
             Err(ConfigError::Kernel { .. })
+        ));
+    }
+
+    #[test]
+    fn json_configs() {
+        let k = kernel_file();
+        let kp = k.path().display().to_string();
+        let c = VmConfig::from_json(&format!(
+            r#"{{"kernel": "{kp}", "memory": "512M", "vcpus": 2}}"#
+        ))
+        .expect("valid json");
+        assert_eq!((c.memory, c.vcpus, c.pvm), (512 << 20, 2, PvmMode::Auto));
+        assert!(c.validate().is_ok());
+        let c = VmConfig::from_json(&format!(
+            r#"{{"kernel": "{kp}", "memory": 67108864, "pvm": "off", "disks": [{{"path": "/d", "read_only": true}}], "command": ["echo", "a b"]}}"#
+        ))
+        .expect("valid json");
+        assert_eq!(c.memory, 64 << 20);
+        assert!(c.disks[0].read_only);
+        assert_eq!(c.command, Some(vec!["echo".to_string(), "a b".to_string()]));
+        let unknown = VmConfig::from_json(&format!(r#"{{"kernel": "{kp}", "memroy": 5}}"#));
+        assert!(matches!(unknown, Err(ConfigError::Json(ref m)) if m.contains("memroy")));
+        assert!(matches!(
+            VmConfig::from_json(r#"{"memory": 5}"#),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            VmConfig::from_json(&format!(r#"{{"kernel": "{kp}", "memory": "lots"}}"#)),
+            Err(ConfigError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn builder_validates() {
+        let k = kernel_file();
+        let c = VmConfig::builder(k.path())
+            .memory_mib(128)
+            .vcpus(2)
+            .command(["true"])
+            .build()
+            .expect("valid");
+        assert_eq!((c.memory, c.vcpus), (128 << 20, 2));
+        assert!(matches!(
+            VmConfig::builder(k.path()).memory_mib(0).build(),
+            Err(ConfigError::MemoryTooSmall(0))
+        ));
+        assert!(matches!(
+            VmConfig::builder(k.path())
+                .command(Vec::<String>::new())
+                .build(),
+            Err(ConfigError::Command(_))
         ));
     }
 

@@ -4,6 +4,76 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+/// An in-memory capture of console output, shared between the VM and its owner. It keeps
+/// the first `limit` bytes and counts the rest as dropped, so a chatty guest cannot grow
+/// the host's memory without bound.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    inner: Arc<Mutex<CaptureInner>>,
+}
+
+#[derive(Debug)]
+struct CaptureInner {
+    data: Vec<u8>,
+    limit: usize,
+    dropped: u64,
+}
+
+impl Capture {
+    /// A capture keeping at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(CaptureInner {
+                data: Vec::new(),
+                limit,
+                dropped: 0,
+            })),
+        }
+    }
+
+    /// What was captured so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .data
+            .clone()
+    }
+
+    /// What was captured so far, as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.contents()).into_owned()
+    }
+
+    /// Bytes that did not fit.
+    pub fn dropped(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).dropped
+    }
+}
+
+impl Default for Capture {
+    /// A capture of up to 1 MiB.
+    fn default() -> Self {
+        Self::new(1 << 20)
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let room = c.limit.saturating_sub(c.data.len());
+        let take = room.min(buf.len());
+        c.data.extend_from_slice(&buf[..take]);
+        c.dropped += (buf.len() - take) as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Where guest console output goes.
 #[derive(Default)]
@@ -13,6 +83,8 @@ pub enum ConsoleOutput {
     Discard,
     /// Written to this writer, each guest write followed by a flush.
     Writer(Box<dyn Write + Send>),
+    /// Kept in memory.
+    Capture(Capture),
 }
 
 impl std::fmt::Debug for ConsoleOutput {
@@ -20,6 +92,7 @@ impl std::fmt::Debug for ConsoleOutput {
         match self {
             Self::Discard => write!(f, "Discard"),
             Self::Writer(_) => write!(f, "Writer(..)"),
+            Self::Capture(_) => write!(f, "Capture(..)"),
         }
     }
 }
@@ -57,6 +130,7 @@ impl ConsoleWriter {
             sink: match output {
                 ConsoleOutput::Discard => None,
                 ConsoleOutput::Writer(w) => Some(w),
+                ConsoleOutput::Capture(c) => Some(Box::new(c)),
             },
         }
     }
@@ -90,4 +164,19 @@ pub(crate) fn pipe() -> std::io::Result<(File, File)> {
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     Ok((File::from(rd), File::from(wr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_bounded() {
+        let mut c = Capture::new(8);
+        let view = c.clone();
+        c.write_all(b"hello ").expect("write");
+        c.write_all(b"world").expect("write");
+        assert_eq!(view.text(), "hello wo");
+        assert_eq!(view.dropped(), 3);
+    }
 }

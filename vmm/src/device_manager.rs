@@ -8,22 +8,22 @@ use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::x86_64::layout::{
-    COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_PORT, IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE,
-    VIRTIO_MMIO_START,
+    COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_KBD_IRQ, I8042_PORT, IRQ_MAX, VIRTIO_IRQ_START,
+    VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
-use devices::virtio::block::{BlockHandler, Disk, DiskError, VirtioBlock};
-use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
-use devices::virtio::{VirtioDevice, VirtioInterrupt};
-use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
 use devices::legacy::{ExitPort, Serial, SerialInput, I8042};
+use devices::virtio::block::{BlockHandler, Disk, DiskError, VirtioBlock};
+use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::{EventFdTrigger, SharedExitSink};
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use crate::config::DiskConfig;
 use crate::console::ConsoleWriter;
-use crate::memory::GuestMemoryMmap;
 use crate::kvm_vm::KvmVm;
+use crate::memory::GuestMemoryMmap;
 use crate::vcpu::IoBuses;
 
 /// Errors creating devices.
@@ -58,6 +58,8 @@ pub struct Devices {
     pub buses: IoBuses,
     /// Event-loop subscribers.
     pub subscribers: Vec<Subscriber>,
+    /// The i8042, to type Ctrl+Alt+Del when the VM's owner asks for a shutdown.
+    pub i8042: Arc<Mutex<I8042>>,
 }
 
 /// Creates the legacy devices: COM1, the i8042 reset line and the exit port.
@@ -86,10 +88,17 @@ pub(crate) fn create_legacy_devices(
         subscribers.push(Arc::new(Mutex::new(SerialInput::new(sink, input, drained))));
     }
 
-    let i8042 = Arc::new(Mutex::new(I8042::new(exit_sink.clone())));
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("i8042", e))?;
+    vm.fd
+        .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+        .map_err(|e| DeviceError::Irqfd("i8042", e))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        exit_sink.clone(),
+        Some(EventFdTrigger::new(kbd_irq)),
+    )));
     buses
         .pio
-        .insert(i8042, u64::from(I8042_PORT), 5)
+        .insert(i8042.clone(), u64::from(I8042_PORT), 5)
         .map_err(|e| DeviceError::Bus("i8042", e))?;
 
     let exit_port = Arc::new(Mutex::new(ExitPort::new(exit_sink)));
@@ -98,7 +107,11 @@ pub(crate) fn create_legacy_devices(
         .insert(exit_port, u64::from(EXIT_PORT), 1)
         .map_err(|e| DeviceError::Bus("exit port", e))?;
 
-    Ok(Devices { buses, subscribers })
+    Ok(Devices {
+        buses,
+        subscribers,
+        i8042,
+    })
 }
 
 /// Creates one virtio-blk device per disk on the MMIO bus and returns the kernel
@@ -112,7 +125,10 @@ pub(crate) fn create_block_devices(
     let mut cmdline = Vec::with_capacity(disks.len());
     for (i, cfg) in disks.iter().enumerate() {
         let letter = char::from(b'a' + (i % 26) as u8);
-        let serial = cfg.serial.clone().unwrap_or_else(|| format!("ember-vd{letter}"));
+        let serial = cfg
+            .serial
+            .clone()
+            .unwrap_or_else(|| format!("ember-vd{letter}"));
         let disk = Disk::open(&cfg.path, cfg.read_only, &serial)?;
         let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_IRQ_START + i as u32;
@@ -120,19 +136,32 @@ pub(crate) fn create_block_devices(
             return Err(DeviceError::NoIrq(i));
         }
 
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
+        let irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
         vm.fd
             .register_irqfd(&irq, gsi)
             .map_err(|e| DeviceError::Irqfd("a disk", e))?;
-        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
+        let kick =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
         vm.fd
-            .register_ioevent(&kick, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), NoDatamatch)
+            .register_ioevent(
+                &kick,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
+                NoDatamatch,
+            )
             .map_err(|e| DeviceError::Ioeventfd("a disk", e))?;
 
         let block = Arc::new(Mutex::new(VirtioBlock::new(disk, mem.clone())));
         let dev: Arc<Mutex<dyn VirtioDevice>> = block.clone();
-        let kick_for_bus = kick.try_clone().map_err(|e| DeviceError::EventFd("a disk", e))?;
-        let transport = MmioTransport::new(dev, mem.clone(), VirtioInterrupt::new(irq), vec![kick_for_bus]);
+        let kick_for_bus = kick
+            .try_clone()
+            .map_err(|e| DeviceError::EventFd("a disk", e))?;
+        let transport = MmioTransport::new(
+            dev,
+            mem.clone(),
+            VirtioInterrupt::new(irq),
+            vec![kick_for_bus],
+        );
         devices
             .buses
             .mmio

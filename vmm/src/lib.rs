@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod boot;
+pub mod command;
 pub mod config;
 pub mod console;
 pub mod control;
@@ -23,8 +24,10 @@ pub mod pvm;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{parse_memory_size, ConfigError, DiskConfig, PvmMode, VmConfig, DEFAULT_CMDLINE};
-pub use console::{Console, ConsoleInput, ConsoleOutput};
+pub use config::{
+    parse_memory_size, ConfigError, DiskConfig, PvmMode, VmConfig, VmConfigBuilder, DEFAULT_CMDLINE,
+};
+pub use console::{Capture, Console, ConsoleInput, ConsoleOutput};
 pub use exit::ExitReason;
 pub use vm::{Timestamps, Vm, VmExit, VmHandle, VmStopper};
 

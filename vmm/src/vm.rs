@@ -113,6 +113,7 @@ impl Vm {
         let mut em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
 
         let buses = Arc::new(devices.buses);
+        let i8042 = devices.i8042;
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let (b, c) = (buses.clone(), control.clone());
@@ -171,6 +172,7 @@ impl Vm {
             done,
             thread: Some(vmm_thread),
             console_input: console_in_writer,
+            i8042,
         })
     }
 }
@@ -181,6 +183,15 @@ pub struct VmHandle {
     done: Arc<Done>,
     thread: Option<JoinHandle<()>>,
     console_input: Option<File>,
+    i8042: Arc<Mutex<devices::legacy::I8042>>,
+}
+
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle")
+            .field("ended", &self.has_ended())
+            .finish_non_exhaustive()
+    }
 }
 
 impl VmHandle {
@@ -229,6 +240,25 @@ impl VmHandle {
         };
         self.join();
         Some(r)
+    }
+
+    /// Asks the guest to shut down (Ctrl+Alt+Del on its keyboard, which Linux turns into a
+    /// signal to init) and waits up to `grace` for it; then stops it by force. Returns how
+    /// the VM ended: the guest's own reason if it complied, [`ExitReason::Stopped`] if not.
+    pub fn stop(&mut self, grace: Duration) -> VmExit {
+        if !self.has_ended() {
+            let typed = self
+                .i8042
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send_ctrl_alt_del();
+            if typed {
+                if let Some(exit) = self.wait_timeout(grace) {
+                    return exit;
+                }
+            }
+        }
+        self.kill()
     }
 
     /// Stops the VM at once (its vCPUs are kicked out of the guest) and waits for the end.
@@ -288,10 +318,21 @@ fn compose_cmdline(config: &VmConfig, disk_entries: &[String], pvm_compat: bool)
         cmdline.push(' ');
         cmdline.push_str(e);
     }
+    if let Some(argv) = &config.command {
+        // Validation has checked that it encodes.
+        if let Ok(p) = crate::command::encode(argv) {
+            cmdline.push(' ');
+            cmdline.push_str(&p);
+        }
+    }
     let names_root = cmdline.split_whitespace().any(|w| w.starts_with("root="));
     if let Some(first) = config.disks.first() {
         if config.initrd.is_none() && !names_root {
-            cmdline.push_str(if first.read_only { " root=/dev/vda ro" } else { " root=/dev/vda rw" });
+            cmdline.push_str(if first.read_only {
+                " root=/dev/vda ro"
+            } else {
+                " root=/dev/vda rw"
+            });
         }
     }
     if pvm_compat {
@@ -315,14 +356,21 @@ mod tests {
         let mut c = VmConfig::new("/k");
         c.cmdline = Some("console=ttyS0".into());
         assert_eq!(compose_cmdline(&c, &[], false), "console=ttyS0");
-        c.disks.push(DiskConfig { path: "/a".into(), read_only: true, serial: None });
+        c.disks.push(DiskConfig {
+            path: "/a".into(),
+            read_only: true,
+            serial: None,
+        });
         let e = vec!["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         assert_eq!(
             compose_cmdline(&c, &e, false),
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 root=/dev/vda ro"
         );
         c.cmdline = Some("root=/dev/vdb".into());
-        assert_eq!(compose_cmdline(&c, &e, false), "root=/dev/vdb virtio_mmio.device=4K@0xd0000000:5");
+        assert_eq!(
+            compose_cmdline(&c, &e, false),
+            "root=/dev/vdb virtio_mmio.device=4K@0xd0000000:5"
+        );
         c.initrd = Some("/i".into());
         c.cmdline = Some("x".into());
         assert!(!compose_cmdline(&c, &e, true).contains("root="));

@@ -105,7 +105,8 @@ impl MmioTransport {
     }
 
     fn queue_setup_allowed(&self) -> bool {
-        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
     }
 
     fn features_allowed(&self) -> bool {
@@ -157,7 +158,10 @@ impl MmioTransport {
             DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             DRIVER_FEATURES if self.features_allowed() => match self.driver_features_sel {
                 0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                }
                 _ => {}
             },
             QUEUE_SEL => self.queue_sel = v,
@@ -177,7 +181,11 @@ impl MmioTransport {
             | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH
                 if self.queue_setup_allowed() =>
             {
-                let (lo, hi) = if offset & 0x4 == 0 { (Some(v), None) } else { (None, Some(v)) };
+                let (lo, hi) = if offset & 0x4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
                 if let Some(q) = self.selected_queue() {
                     match offset & !0x4 {
                         QUEUE_DESC_LOW => q.set_desc_table_address(lo, hi),
@@ -210,7 +218,10 @@ impl MmioTransport {
         // Status bits are only ever added (§2.1.2); the order is ACKNOWLEDGE, DRIVER,
         // FEATURES_OK, DRIVER_OK.
         if v & self.status != self.status {
-            warn!("virtio-mmio: status {v:#x} clears bits of {:#x}; ignored", self.status);
+            warn!(
+                "virtio-mmio: status {v:#x} clears bits of {:#x}; ignored",
+                self.status
+            );
             return;
         }
         let new = v & !self.status;
@@ -222,12 +233,17 @@ impl MmioTransport {
             }
             VIRTIO_CONFIG_S_DRIVER_OK => {
                 self.status
-                    == VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK
+                    == VIRTIO_CONFIG_S_ACKNOWLEDGE
+                        | VIRTIO_CONFIG_S_DRIVER
+                        | VIRTIO_CONFIG_S_FEATURES_OK
             }
             _ => false,
         };
         if !ok {
-            warn!("virtio-mmio: status {v:#x} out of order after {:#x}; ignored", self.status);
+            warn!(
+                "virtio-mmio: status {v:#x} out of order after {:#x}; ignored",
+                self.status
+            );
             return;
         }
         match new {
@@ -244,7 +260,9 @@ impl MmioTransport {
             VIRTIO_CONFIG_S_DRIVER_OK => {
                 for (i, q) in self.queues.iter().enumerate() {
                     if !q.ready() || !q.is_valid(&self.mem) {
-                        warn!("virtio-mmio: queue {i} is not usable at DRIVER_OK; device needs reset");
+                        warn!(
+                            "virtio-mmio: queue {i} is not usable at DRIVER_OK; device needs reset"
+                        );
                         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                         return;
                     }
@@ -416,7 +434,10 @@ mod tests {
         setup_queue(&mut t);
         w(&mut t, STATUS, 15);
         assert_eq!(r(&mut t, STATUS), 15);
-        assert_eq!(dev.lock().expect("lock").activated, Some(((1 << 32) | (1 << 9), 1)));
+        assert_eq!(
+            dev.lock().expect("lock").activated,
+            Some(((1 << 32) | (1 << 9), 1))
+        );
         // Queue setup after DRIVER_OK is ignored.
         w(&mut t, QUEUE_NUM, 8);
         assert_eq!(t.queues[0].size(), 16);
@@ -506,7 +527,9 @@ mod tests {
     #[test]
     fn interrupt_status_and_ack() {
         let (mut t, _, _) = setup();
-        t.interrupt.trigger(super::super::INT_VRING).expect("trigger");
+        t.interrupt
+            .trigger(super::super::INT_VRING)
+            .expect("trigger");
         assert_eq!(r(&mut t, INTERRUPT_STATUS), 1);
         w(&mut t, INTERRUPT_ACK, 1);
         assert_eq!(r(&mut t, INTERRUPT_STATUS), 0);

@@ -213,7 +213,12 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("memory");
         let dev = VirtioBlock::new(disk, mem.clone());
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-        Rig { mem, dev, irq, path }
+        Rig {
+            mem,
+            dev,
+            irq,
+            path,
+        }
     }
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -244,7 +249,14 @@ mod tests {
 
     fn header(r: &Rig, t: u32, sector: u64) {
         r.mem
-            .write_obj(super::super::request::RequestHeader { request_type: t, reserved: 0, sector }, GuestAddress(HDR))
+            .write_obj(
+                super::super::request::RequestHeader {
+                    request_type: t,
+                    reserved: 0,
+                    sector,
+                },
+                GuestAddress(HDR),
+            )
             .expect("header");
     }
 
@@ -253,7 +265,11 @@ mod tests {
     }
 
     fn rw_chain(data_flags: u16, len: u32) -> [RawDescriptor; 3] {
-        [d(HDR, 16, NEXT, 1), d(DATA, len, data_flags | NEXT, 2), d(STATUS, 1, WRITE, 0)]
+        [
+            d(HDR, 16, NEXT, 1),
+            d(DATA, len, data_flags | NEXT, 2),
+            d(STATUS, 1, WRITE, 0),
+        ]
     }
 
     #[test]
@@ -269,14 +285,21 @@ mod tests {
         assert_eq!(&file[1024..1024 + 4096], &data[..]);
 
         header(&r, VIRTIO_BLK_T_FLUSH, 0);
-        assert_eq!(run(&mut r, &[d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)]), vec![(0, 1)]);
+        assert_eq!(
+            run(&mut r, &[d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)]),
+            vec![(0, 1)]
+        );
         assert_eq!(status(&r), VIRTIO_BLK_S_OK as u8);
 
-        r.mem.write_slice(&[0u8; 4096], GuestAddress(DATA)).expect("clear");
+        r.mem
+            .write_slice(&[0u8; 4096], GuestAddress(DATA))
+            .expect("clear");
         header(&r, VIRTIO_BLK_T_IN, 2);
         assert_eq!(run(&mut r, &rw_chain(WRITE, 4096)), vec![(0, 4097)]);
         let mut back = vec![0u8; 4096];
-        r.mem.read_slice(&mut back, GuestAddress(DATA)).expect("read");
+        r.mem
+            .read_slice(&mut back, GuestAddress(DATA))
+            .expect("read");
         assert_eq!(back, data);
     }
 
@@ -285,7 +308,9 @@ mod tests {
         let mut r = rig(true, "ro");
         let before = std::fs::read(&r.path).expect("image");
         header(&r, VIRTIO_BLK_T_OUT, 0);
-        r.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).expect("data");
+        r.mem
+            .write_slice(&[0xaa; 512], GuestAddress(DATA))
+            .expect("data");
         run(&mut r, &rw_chain(0, 512));
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8);
         assert_eq!(std::fs::read(&r.path).expect("image"), before);
@@ -296,11 +321,19 @@ mod tests {
     fn addresses_outside_guest_memory_fail_the_request() {
         let mut r = rig(false, "oob");
         header(&r, VIRTIO_BLK_T_IN, 0);
-        let descs = [d(HDR, 16, NEXT, 1), d(0x7fff_0000_0000, 512, WRITE | NEXT, 2), d(STATUS, 1, WRITE, 0)];
+        let descs = [
+            d(HDR, 16, NEXT, 1),
+            d(0x7fff_0000_0000, 512, WRITE | NEXT, 2),
+            d(STATUS, 1, WRITE, 0),
+        ];
         assert_eq!(run(&mut r, &descs), vec![(0, 1)]);
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8);
         // Data straddling the end of RAM.
-        let descs = [d(HDR, 16, NEXT, 1), d((4 << 20) - 512, 1024, WRITE | NEXT, 2), d(STATUS, 1, WRITE, 0)];
+        let descs = [
+            d(HDR, 16, NEXT, 1),
+            d((4 << 20) - 512, 1024, WRITE | NEXT, 2),
+            d(STATUS, 1, WRITE, 0),
+        ];
         run(&mut r, &descs);
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8);
         // A header outside RAM.
@@ -317,13 +350,19 @@ mod tests {
         let mut r = rig(false, "sizes");
         header(&r, VIRTIO_BLK_T_IN, 0);
         // A descriptor reaching past guest RAM ends the chain early: no status to write.
-        r.mem.write_obj(0xeeu8, GuestAddress(STATUS)).expect("status");
+        r.mem
+            .write_obj(0xeeu8, GuestAddress(STATUS))
+            .expect("status");
         assert_eq!(run(&mut r, &rw_chain(WRITE, u32::MAX)), vec![(0, 0)]);
         assert_eq!(status(&r), 0xee, "oversized");
         run(&mut r, &rw_chain(WRITE, 1 << 20));
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "larger than the disk");
         run(&mut r, &rw_chain(WRITE, 100));
-        assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "not a sector multiple");
+        assert_eq!(
+            status(&r),
+            VIRTIO_BLK_S_IOERR as u8,
+            "not a sector multiple"
+        );
         header(&r, VIRTIO_BLK_T_IN, 127);
         run(&mut r, &rw_chain(WRITE, 1024));
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "past capacity");
@@ -332,13 +371,25 @@ mod tests {
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "sector overflow");
         header(&r, VIRTIO_BLK_T_IN, 0);
         run(&mut r, &rw_chain(WRITE, 0));
-        assert_eq!(status(&r), VIRTIO_BLK_S_OK as u8, "zero-length read is empty");
-        let short = [d(HDR, 8, NEXT, 1), d(DATA, 512, WRITE | NEXT, 2), d(STATUS, 1, WRITE, 0)];
+        assert_eq!(
+            status(&r),
+            VIRTIO_BLK_S_OK as u8,
+            "zero-length read is empty"
+        );
+        let short = [
+            d(HDR, 8, NEXT, 1),
+            d(DATA, 512, WRITE | NEXT, 2),
+            d(STATUS, 1, WRITE, 0),
+        ];
         run(&mut r, &short);
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "8-byte header");
         header(&r, VIRTIO_BLK_T_OUT, 0);
         run(&mut r, &rw_chain(WRITE, 512));
-        assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "write from a device-writable buffer");
+        assert_eq!(
+            status(&r),
+            VIRTIO_BLK_S_IOERR as u8,
+            "write from a device-writable buffer"
+        );
         // Status descriptor not writable: nothing to report into.
         let descs = [d(HDR, 16, NEXT, 1), d(STATUS, 1, 0, 0)];
         assert_eq!(run(&mut r, &descs), vec![(0, 0)]);

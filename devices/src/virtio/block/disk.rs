@@ -55,7 +55,11 @@ impl Disk {
             .write(!read_only)
             .open(path)
             .map_err(|e| DiskError::Open(path.to_path_buf(), e))?;
-        let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+        let op = if read_only {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
         // SAFETY: flock on a descriptor we own; no memory is passed.
         if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();

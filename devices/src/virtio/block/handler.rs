@@ -26,7 +26,11 @@ impl BlockHandler {
 
 impl MutEventSubscriber for BlockHandler {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(&self.kick, Self::QUEUE_KICK, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.kick,
+            Self::QUEUE_KICK,
+            EventSet::IN,
+        )) {
             error!("block: cannot watch queue notifications: {e:?}");
         }
     }

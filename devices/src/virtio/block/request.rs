@@ -67,7 +67,11 @@ pub fn parse<'a>(mem: &GuestMemoryMmap, descs: &'a [Descriptor]) -> Parsed<'a> {
     let (Some(header), Some(status)) = (descs.first(), descs.last()) else {
         return Parsed::Unusable;
     };
-    if descs.len() < 2 || descs.len() > MAX_DESCRIPTORS || !status.is_write_only() || status.len() == 0 {
+    if descs.len() < 2
+        || descs.len() > MAX_DESCRIPTORS
+        || !status.is_write_only()
+        || status.len() == 0
+    {
         return Parsed::Unusable;
     }
     // The status byte is the last byte of the last descriptor.
@@ -158,7 +162,10 @@ pub fn execute(
                     break;
                 }
                 let take = (d.len() as usize).min(ID_BYTES - written);
-                if mem.write_slice(&id[written..written + take], d.addr()).is_err() {
+                if mem
+                    .write_slice(&id[written..written + take], d.addr())
+                    .is_err()
+                {
                     return (IOERR, 0);
                 }
                 written += take;
@@ -192,7 +199,12 @@ fn build_iovecs(
 
 /// Moves all bytes described by `iovecs` between guest memory and the disk at `offset`,
 /// retrying short transfers. A read past the end of a shrunken image is an error.
-fn transfer(disk: &Disk, iovecs: &mut [libc::iovec], mut offset: u64, is_read: bool) -> std::io::Result<()> {
+fn transfer(
+    disk: &Disk,
+    iovecs: &mut [libc::iovec],
+    mut offset: u64,
+    is_read: bool,
+) -> std::io::Result<()> {
     let fd = disk.file.as_raw_fd();
     let mut first = 0usize;
     while first < iovecs.len() {
@@ -215,7 +227,10 @@ fn transfer(disk: &Disk, iovecs: &mut [libc::iovec], mut offset: u64, is_read: b
             return Err(e);
         }
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "image ended"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "image ended",
+            ));
         }
         let mut n = n as usize;
         offset += n as u64;
