@@ -294,7 +294,7 @@ impl BusDevice for MmioTransport {
             self.with_device(|d| d.read_config(off, data));
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -314,7 +314,7 @@ impl BusDevice for MmioTransport {
             debug!("virtio-mmio: {}-byte register write ignored", data.len());
             return;
         };
-        if offset % 4 == 0 {
+        if offset.is_multiple_of(4) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         }
     }

@@ -120,7 +120,7 @@ pub fn execute(
             if req.data.iter().any(|d| d.is_write_only() != is_read) {
                 return (IOERR, 0);
             }
-            if req.data_len % SECTOR_SIZE != 0 || req.data_len > u64::from(u32::MAX) {
+            if !req.data_len.is_multiple_of(SECTOR_SIZE) || req.data_len > u64::from(u32::MAX) {
                 return (IOERR, 0);
             }
             let end = req.sector.checked_add(req.data_len / SECTOR_SIZE);
