@@ -37,7 +37,7 @@ struct Cli {
     /// Number of vCPUs (1 to 254).
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
-    /// A virtio-blk disk: PATH[,ro][,serial=ID]. Repeatable; the guest sees /dev/vda,
+    /// A virtio-blk disk, `PATH[,ro][,serial=ID]`. Repeatable; the guest sees /dev/vda,
     /// /dev/vdb, ... in order. Without --initrd the first disk is the root filesystem.
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<String>,
