@@ -65,3 +65,8 @@ pub enum Error {
     #[error("Cannot start a VM thread")]
     Thread(#[source] std::io::Error),
 }
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
