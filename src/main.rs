@@ -2,6 +2,7 @@
 //! the VM's console to the terminal, and turns the VM's end into an exit status. Everything
 //! else lives in the `vmm` library.
 
+mod boot_timer;
 mod terminal;
 
 use std::fs::File;
@@ -48,6 +49,15 @@ struct Cli {
     /// `ember` then exits with the command's status. Give it after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+    /// Time the boot: print when each phase happened (process start, configuration, memory,
+    /// kernel, first KVM_RUN, first console output, console marker, boot-timer signal, exit)
+    /// to stderr when the VM ends.
+    #[arg(long)]
+    boot_timer: bool,
+    /// The console marker for --boot-timer: the first time this string appears on the
+    /// console is a phase.
+    #[arg(long, value_name = "STR", default_value = "Run /init as init process")]
+    boot_timer_marker: String,
     /// Print the default kernel command line and exit.
     #[arg(long, exclusive = true, hide = true)]
     print_default_cmdline: bool,
@@ -68,6 +78,7 @@ enum PvmArg {
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 fn main() -> ExitCode {
+    let process_start = std::time::Instant::now();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -88,7 +99,7 @@ fn main() -> ExitCode {
         }
     };
     init_logger();
-    match run(cli) {
+    match run(cli, process_start) {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("ember: {msg}");
@@ -125,7 +136,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn run(cli: Cli) -> Result<u8, String> {
+fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
+    let boot_timer = cli.boot_timer;
     if cli.print_default_cmdline {
         println!("{}", vmm::DEFAULT_CMDLINE);
         return Ok(0);
@@ -144,6 +156,7 @@ fn run(cli: Cli) -> Result<u8, String> {
     let config = VmConfig {
         disks,
         command: (!cli.command.is_empty()).then_some(cli.command),
+        console_marker: cli.boot_timer.then(|| cli.boot_timer_marker.clone()),
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
@@ -179,6 +192,12 @@ fn run(cli: Cli) -> Result<u8, String> {
     .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
 
     let exit = handle.wait();
+    if boot_timer {
+        eprint!(
+            "{}",
+            boot_timer::phase_table(process_start, &exit.timestamps)
+        );
+    }
     let sig = SIGNAL.load(Ordering::SeqCst);
     if sig != 0 {
         return Ok((128 + sig) as u8);

@@ -166,6 +166,10 @@ pub struct VmConfig {
     /// exit status is then the command's.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// A string whose first appearance on the console is timestamped
+    /// ([`crate::Timestamps::console_marker`]), e.g. `"Run /init as init process"`.
+    #[serde(default)]
+    pub console_marker: Option<String>,
 }
 
 fn default_memory() -> u64 {
@@ -201,6 +205,7 @@ impl VmConfig {
             pvm: PvmMode::Auto,
             disks: Vec::new(),
             command: None,
+            console_marker: None,
         }
     }
 
@@ -318,6 +323,12 @@ impl VmConfigBuilder {
     /// Sets a command for the guest's init to run.
     pub fn command<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
         self.0.command = Some(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Timestamps the first appearance of `marker` on the console.
+    pub fn console_marker(mut self, marker: impl Into<String>) -> Self {
+        self.0.console_marker = Some(marker.into());
         self
     }
 

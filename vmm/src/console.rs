@@ -118,10 +118,65 @@ pub struct Console {
     pub input: ConsoleInput,
 }
 
+/// Finds the first occurrence of a byte string in a stream fed a few bytes at a time
+/// (Knuth-Morris-Pratt: constant work per byte, no buffering).
+#[derive(Debug)]
+pub(crate) struct MarkerMatcher {
+    pattern: Vec<u8>,
+    failure: Vec<usize>,
+    matched: usize,
+    found: bool,
+}
+
+impl MarkerMatcher {
+    pub(crate) fn new(pattern: &str) -> Self {
+        let p = pattern.as_bytes().to_vec();
+        let mut failure = vec![0; p.len()];
+        let mut k = 0;
+        for i in 1..p.len() {
+            while k > 0 && p[i] != p[k] {
+                k = failure[k - 1];
+            }
+            if p[i] == p[k] {
+                k += 1;
+            }
+            failure[i] = k;
+        }
+        Self {
+            found: p.is_empty(),
+            pattern: p,
+            failure,
+            matched: 0,
+        }
+    }
+
+    /// Feeds bytes; true exactly once, when the pattern completes for the first time.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> bool {
+        if self.found {
+            return false;
+        }
+        for &b in bytes {
+            while self.matched > 0 && self.pattern[self.matched] != b {
+                self.matched = self.failure[self.matched - 1];
+            }
+            if self.pattern[self.matched] == b {
+                self.matched += 1;
+                if self.matched == self.pattern.len() {
+                    self.found = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
 /// The writer behind the UART: forwards to the owner's sink and flushes, so prompts without
-/// a newline appear at once.
+/// a newline appear at once, and records when the first byte and the console marker appear.
 pub(crate) struct ConsoleWriter {
     sink: Option<Box<dyn Write + Send>>,
+    control: Option<std::sync::Arc<crate::control::VmControl>>,
+    marker: Option<MarkerMatcher>,
 }
 
 impl ConsoleWriter {
@@ -132,12 +187,35 @@ impl ConsoleWriter {
                 ConsoleOutput::Writer(w) => Some(w),
                 ConsoleOutput::Capture(c) => Some(Box::new(c)),
             },
+            control: None,
+            marker: None,
         }
+    }
+
+    /// Records timestamps into `control`, and the first appearance of `marker`.
+    pub(crate) fn with_timing(
+        mut self,
+        control: std::sync::Arc<crate::control::VmControl>,
+        marker: Option<&str>,
+    ) -> Self {
+        self.control = Some(control);
+        self.marker = marker.map(MarkerMatcher::new);
+        self
     }
 }
 
 impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(c) = &self.control {
+            if c.first_output.get().is_none() {
+                let _ = c.first_output.set(std::time::Instant::now());
+            }
+            if let Some(m) = self.marker.as_mut() {
+                if m.feed(buf) {
+                    let _ = c.marker.set(std::time::Instant::now());
+                }
+            }
+        }
         if let Some(s) = self.sink.as_mut() {
             s.write_all(buf)?;
             s.flush()?;
@@ -169,6 +247,18 @@ pub(crate) fn pipe() -> std::io::Result<(File, File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marker_is_found_across_writes() {
+        let mut m = MarkerMatcher::new("Run /init");
+        let stream = b"xx Run /ini Run /in";
+        assert!(!stream.iter().any(|b| m.feed(&[*b])));
+        assert!(!m.feed(b"i"));
+        assert!(m.feed(b"t as init"));
+        assert!(!m.feed(b"Run /init"), "only the first time");
+        let mut aab = MarkerMatcher::new("aab");
+        assert!(aab.feed(b"aaab"));
+    }
 
     #[test]
     fn capture_is_bounded() {

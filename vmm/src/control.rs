@@ -17,6 +17,12 @@ pub struct VmControl {
     /// Written when the VM must stop; the event loop watches it.
     pub exit_evt: EventFd,
     first_run: OnceLock<Instant>,
+    /// First byte of guest console output.
+    pub first_output: OnceLock<Instant>,
+    /// First appearance of the console marker.
+    pub marker: OnceLock<Instant>,
+    /// The boot-timer signal (shared with the device).
+    pub boot_timer: std::sync::Arc<OnceLock<Instant>>,
 }
 
 impl VmControl {
@@ -27,6 +33,9 @@ impl VmControl {
             reason: Mutex::new(None),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             first_run: OnceLock::new(),
+            first_output: OnceLock::new(),
+            marker: OnceLock::new(),
+            boot_timer: std::sync::Arc::new(OnceLock::new()),
         })
     }
 

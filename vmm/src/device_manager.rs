@@ -8,12 +8,12 @@ use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::x86_64::layout::{
-    COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_KBD_IRQ, I8042_PORT, IRQ_MAX, VIRTIO_IRQ_START,
-    VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    BOOT_TIMER, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_KBD_IRQ, I8042_PORT,
+    IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
-use devices::legacy::{ExitPort, Serial, SerialInput, I8042};
+use devices::legacy::{BootTimer, ExitPort, Serial, SerialInput, I8042};
 use devices::virtio::block::{BlockHandler, Disk, DiskError, VirtioBlock};
 use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -173,4 +173,17 @@ pub(crate) fn create_block_devices(
         cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
     }
     Ok(cmdline)
+}
+
+/// Places the boot-timer device at `layout::BOOT_TIMER`.
+pub(crate) fn create_boot_timer(
+    control: &crate::control::VmControl,
+    devices: &mut Devices,
+) -> Result<(), DeviceError> {
+    let timer = Arc::new(Mutex::new(BootTimer::new(control.boot_timer.clone())));
+    devices
+        .buses
+        .mmio
+        .insert(timer, BOOT_TIMER, BOOT_TIMER_SIZE)
+        .map_err(|e| DeviceError::Bus("the boot timer", e))
 }

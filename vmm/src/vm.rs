@@ -13,7 +13,7 @@ use crate::boot::{load_initrd, load_kernel, write_boot_structures};
 use crate::config::{VmConfig, DEFAULT_CMDLINE};
 use crate::console::{pipe, Console, ConsoleInput, ConsoleWriter};
 use crate::control::VmControl;
-use crate::device_manager::{create_block_devices, create_legacy_devices};
+use crate::device_manager::{create_block_devices, create_boot_timer, create_legacy_devices};
 use crate::event_loop::{create_manager, run_until_stop, stop_vcpus};
 use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
@@ -34,6 +34,12 @@ pub struct Timestamps {
     pub kernel_loaded: Instant,
     /// First `KVM_RUN` of any vCPU.
     pub first_run: Option<Instant>,
+    /// First byte of guest console output.
+    pub first_output: Option<Instant>,
+    /// First appearance of the configured console marker.
+    pub console_marker: Option<Instant>,
+    /// The guest's boot-timer signal (byte 123 at guest-physical 0xC000_0000).
+    pub boot_timer: Option<Instant>,
     /// The VM ended (every vCPU joined).
     pub exit: Instant,
 }
@@ -93,10 +99,12 @@ impl Vm {
         let mut devices = create_legacy_devices(
             &vm,
             control.clone(),
-            ConsoleWriter::new(console.output),
+            ConsoleWriter::new(console.output)
+                .with_timing(control.clone(), config.console_marker.as_deref()),
             console_in,
         )?;
 
+        create_boot_timer(&control, &mut devices)?;
         let disk_cmdline = create_block_devices(&vm, &mem, &config.disks, &mut devices)?;
         let cmdline = compose_cmdline(&config, &disk_cmdline, pvm_compat);
         write_boot_structures(&mem, config.memory, config.vcpus, &kernel, &cmdline, initrd)?;
@@ -151,6 +159,9 @@ impl Vm {
                     memory_ready,
                     kernel_loaded,
                     first_run: ctl.first_run(),
+                    first_output: ctl.first_output.get().copied(),
+                    console_marker: ctl.marker.get().copied(),
+                    boot_timer: ctl.boot_timer.get().copied(),
                     exit: Instant::now(),
                 };
                 let reason = ctl.reason().unwrap_or(ExitReason::Stopped);
