@@ -168,3 +168,55 @@ pub fn run_ember_env(args: &[&str], stdin: &[u8], timeout: Duration, env: &[(&st
         timed_out,
     }
 }
+
+/// Runs one of the resources/ build scripts (cached after the first run) and returns the
+/// last `n` lines of its output: the paths it built.
+fn build_artefacts(script: &str, n: usize) -> Vec<PathBuf> {
+    let path = repo_root().join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(out.status.success(), "{} failed", path.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= n, "{} printed {text:?}", path.display());
+    lines[lines.len() - n..].iter().map(PathBuf::from).collect()
+}
+
+/// The project's guest kernel: `(vmlinux, bzImage)`.
+pub fn guest_kernel() -> &'static (PathBuf, PathBuf) {
+    static K: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    K.get_or_init(|| {
+        let p = build_artefacts("resources/kernel/build.sh", 2);
+        (p[0].clone(), p[1].clone())
+    })
+}
+
+/// The project's busybox initramfs.
+pub fn guest_initramfs() -> &'static PathBuf {
+    static I: OnceLock<PathBuf> = OnceLock::new();
+    I.get_or_init(|| build_artefacts("resources/initramfs/build.sh", 1).remove(0))
+}
+
+/// The project's ext4 root filesystem image (shared: copy it before writing).
+pub fn guest_rootfs() -> &'static PathBuf {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| build_artefacts("resources/rootfs/build.sh", 1).remove(0))
+}
+
+/// A private copy of `src` in the test temporary directory.
+pub fn copy_to_temp(src: &Path, name: &str) -> PathBuf {
+    let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
+    std::fs::copy(src, &dst).expect("copy image");
+    dst
+}
+
+/// A zero-filled file of `size` bytes in the test temporary directory.
+pub fn sparse_file(name: &str, size: u64) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
+    let f = std::fs::File::create(&p).expect("create");
+    f.set_len(size).expect("size");
+    p
+}
