@@ -21,17 +21,28 @@ fn s(p: &std::path::Path) -> &str {
 
 /// The total RAM Linux reports, in KiB: "Memory: 1001172K/1048052K available".
 fn reported_memory_kib(log: &str) -> Option<u64> {
-    let line = log.lines().find(|l| l.contains("Memory: ") && l.contains("K available"))?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("Memory: ") && l.contains("K available"))?;
     let after = &line[line.find("Memory: ")? + 8..];
     let total = after.split('/').nth(1)?;
-    total.trim_end_matches(|c: char| !c.is_ascii_digit()).split('K').next()?.parse().ok()
+    total
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .split('K')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn check_init_or_skip(r: &Run) {
     if host_is_pvm() {
         eprintln!("SKIPPED (init marker): guest user space cannot run on this kvm-pvm host");
     } else {
-        assert!(r.stdout.contains("ember-init: ready"), "init did not run:\n{}", r.stdout);
+        assert!(
+            r.stdout.contains("ember-init: ready"),
+            "init did not run:\n{}",
+            r.stdout
+        );
     }
 }
 
@@ -39,7 +50,11 @@ fn assert_memory_close(r: &Run, mib: u64) {
     let kib = reported_memory_kib(&r.stdout).expect("the kernel reports its memory");
     let want = mib * 1024;
     let diff = (kib as f64 - want as f64).abs() / want as f64;
-    assert!(diff < 0.05, "kernel sees {kib} KiB for {mib} MiB ({:.1}% off)", diff * 100.0);
+    assert!(
+        diff < 0.05,
+        "kernel sees {kib} KiB for {mib} MiB ({:.1}% off)",
+        diff * 100.0
+    );
 }
 
 #[test]
@@ -49,13 +64,31 @@ fn vmlinux_smp_boots_to_init_and_resets_after_panic() {
     }
     let (vmlinux, _) = guest_kernel();
     let r = run_ember(
-        &["--kernel", s(vmlinux), "--initrd", s(guest_initramfs()), "--cpus", "4", "--memory", "1G"],
+        &[
+            "--kernel",
+            s(vmlinux),
+            "--initrd",
+            s(guest_initramfs()),
+            "--cpus",
+            "4",
+            "--memory",
+            "1G",
+        ],
         b"",
         T,
     );
     assert!(!r.timed_out, "boot hung:\n{}", r.stdout);
-    assert!(r.stdout.contains(RUN_INIT), "no init:\n{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("smp: Brought up 1 node, 4 CPUs"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(RUN_INIT),
+        "no init:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("smp: Brought up 1 node, 4 CPUs"),
+        "{}",
+        r.stdout
+    );
     assert_memory_close(&r, 1024);
     check_init_or_skip(&r);
     assert_eq!(r.code(), 0, "{}", r.stderr);
@@ -72,12 +105,24 @@ fn bzimage_boots_to_init_with_4g() {
     }
     let (_, bzimage) = guest_kernel();
     let r = run_ember(
-        &["--kernel", s(bzimage), "--initrd", s(guest_initramfs()), "--memory", "4G"],
+        &[
+            "--kernel",
+            s(bzimage),
+            "--initrd",
+            s(guest_initramfs()),
+            "--memory",
+            "4G",
+        ],
         b"",
         T,
     );
     assert!(!r.timed_out, "boot hung:\n{}", r.stdout);
-    assert!(r.stdout.contains(RUN_INIT), "no init:\n{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(RUN_INIT),
+        "no init:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     assert_memory_close(&r, 4096);
     assert_eq!(r.code(), 0, "{}", r.stderr);
 }
@@ -98,21 +143,41 @@ fn linux_mounts_a_read_write_root_and_sees_two_disks() {
     let data = sparse_file("data.img", 32 << 20);
     let before = ext4_mount_count(&root);
     let r = run_ember(
-        &["--kernel", s(vmlinux), "--disk", s(&root), "--disk", &format!("{},ro", s(&data))],
+        &[
+            "--kernel",
+            s(vmlinux),
+            "--disk",
+            s(&root),
+            "--disk",
+            &format!("{},ro", s(&data)),
+        ],
         b"",
         T,
     );
     assert!(!r.timed_out, "boot hung:\n{}", r.stdout);
     let root_sectors = std::fs::metadata(&root).expect("root").len() / 512;
     assert!(
-        r.stdout.contains(&format!("[vda] {root_sectors} 512-byte logical blocks")),
+        r.stdout
+            .contains(&format!("[vda] {root_sectors} 512-byte logical blocks")),
         "vda capacity:\n{}",
         r.stdout
     );
-    assert!(r.stdout.contains("[vdb] 65536 512-byte logical blocks"), "vdb capacity:\n{}", r.stdout);
-    assert!(r.stdout.contains("VFS: Mounted root (ext4 filesystem) on device"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("[vdb] 65536 512-byte logical blocks"),
+        "vdb capacity:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("VFS: Mounted root (ext4 filesystem) on device"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr);
-    assert!(ext4_mount_count(&root) > before, "the guest's superblock update is not on the host");
+    assert!(
+        ext4_mount_count(&root) > before,
+        "the guest's superblock update is not on the host"
+    );
     let _ = std::fs::remove_file(root);
     let _ = std::fs::remove_file(data);
 }
@@ -125,11 +190,28 @@ fn linux_mounts_a_read_only_root_read_only() {
     let (vmlinux, _) = guest_kernel();
     let root = copy_to_temp(guest_rootfs(), "ro-root.ext4");
     let before = std::fs::read(&root).expect("image");
-    let r = run_ember(&["--kernel", s(vmlinux), "--disk", &format!("{},ro", s(&root))], b"", T);
+    let r = run_ember(
+        &[
+            "--kernel",
+            s(vmlinux),
+            "--disk",
+            &format!("{},ro", s(&root)),
+        ],
+        b"",
+        T,
+    );
     assert!(!r.timed_out, "boot hung:\n{}", r.stdout);
-    assert!(r.stdout.contains("VFS: Mounted root (ext4 filesystem) readonly on device"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("VFS: Mounted root (ext4 filesystem) readonly on device"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr);
-    assert!(std::fs::read(&root).expect("image") == before, "a read-only image changed");
+    assert!(
+        std::fs::read(&root).expect("image") == before,
+        "a read-only image changed"
+    );
     let _ = std::fs::remove_file(root);
 }
 

@@ -45,11 +45,11 @@ fn out_dir() -> PathBuf {
     d
 }
 
-/// Compiles `tests/guests/<name>.c` with the system gcc into a freestanding ELF; once per
-/// test process.
-pub fn build_guest(name: &str) -> PathBuf {
+/// Compiles `tests/guests/<name>.c` with the system gcc and the linker script
+/// `tests/guests/<ld>` into a freestanding ELF.
+pub fn build_guest_with(name: &str, ld: &str) -> PathBuf {
     let src = repo_root().join("tests/guests").join(format!("{name}.c"));
-    let ld = repo_root().join("tests/guests/tiny.ld");
+    let ld = repo_root().join("tests/guests").join(ld);
     let out = out_dir().join(format!("{name}.elf"));
     let tmp = out_dir().join(format!("{name}.elf.{}", std::process::id()));
     let status = Command::new("gcc")
@@ -81,10 +81,45 @@ pub fn build_guest(name: &str) -> PathBuf {
     out
 }
 
-/// The tiny test guest (tests/guests/tiny.c).
+/// Compiles `tests/guests/<name>.c` with `tiny.ld` (64-bit boot protocol entry).
+pub fn build_guest(name: &str) -> PathBuf {
+    build_guest_with(name, "tiny.ld")
+}
+
+/// The tiny test guest (tests/guests/tiny.c): Linux 64-bit boot protocol entry.
 pub fn tiny_guest() -> &'static Path {
     static TINY: OnceLock<PathBuf> = OnceLock::new();
     TINY.get_or_init(|| build_guest("tiny"))
+}
+
+/// The virtio-blk test guest (tests/guests/blk.c): PVH and 64-bit entries.
+pub fn blk_guest() -> &'static Path {
+    static BLK: OnceLock<PathBuf> = OnceLock::new();
+    BLK.get_or_init(|| build_guest_with("blk", "pvh.ld"))
+}
+
+/// The data pattern the blk guest writes (tests/guests/blk_pattern.py): word `w` of the
+/// region is a splitmix64-style mix of `seed` and `w`, little-endian.
+pub fn blk_pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    for w in 0..len.div_ceil(8) as u64 {
+        let mut x = u64::from(seed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(w);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// FNV-1a 64 of `data`.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// What one run of `ember` did.
@@ -208,14 +243,16 @@ pub fn guest_rootfs() -> &'static PathBuf {
 
 /// A private copy of `src` in the test temporary directory.
 pub fn copy_to_temp(src: &Path, name: &str) -> PathBuf {
-    let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
+    let dst =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
     std::fs::copy(src, &dst).expect("copy image");
     dst
 }
 
 /// A zero-filled file of `size` bytes in the test temporary directory.
 pub fn sparse_file(name: &str, size: u64) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
+    let p =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()));
     let f = std::fs::File::create(&p).expect("create");
     f.set_len(size).expect("size");
     p
