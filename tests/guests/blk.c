@@ -71,6 +71,7 @@
  *   Status 255 means the device completed a request without writing its status byte.
  * Exit codes (port 0xf4; QEMU's isa-debug-exit turns s into (s<<1)|1): 0 ok, 1 request failed,
  * 2 internal error (printed as "blk: error <what>"), 99 unknown action ("blk: unknown action").
+ * action=hello prints only the boot line and exits 0 at once (the VMM-overhead benchmark).
  * Requests: one in flight at a time, polled (avail flags VRING_AVAIL_F_NO_INTERRUPT); a chain is
  * header (16 B) + data in 64 KiB segments (fewer if the device offers SIZE_MAX/SEG_MAX or the
  * queue is small) + status byte, so up to 1 MiB per request. Features accepted: VERSION_1 and,
@@ -781,6 +782,7 @@ void blk_main(u32 boot, u64 info) {
 
     const char *action = param(cmdline, "action=");
     if (!action) action = "";
+    if (word_is(action, "hello")) exit_status(0); /* one line, then exit: VMM overhead */
     int known = word_is(action, "info") || word_is(action, "write") || word_is(action, "read") ||
                 word_is(action, "bench") || word_is(action, "badreq");
     if (!known) {

@@ -15,6 +15,8 @@
  *   unhandled        touch unclaimed ports and MMIO, then print "survived" and exit 0
  *   echo:N           read N bytes from the serial port, echo each, then exit 0
  *   pattern:N        print N lines of a known pattern, then exit 0
+ *   ioloop:N         N port writes to the unclaimed port 0x510, then exit 0
+ *   mmioloop:N       N writes to unclaimed MMIO at 0x3fe00000, then exit 0
  *   kbd              wait for Ctrl+Alt+Del on the i8042 keyboard (polling port 0x64),
  *                    then exit 77
  * Built with -ffreestanding -mgeneral-regs-only -mno-red-zone: no SSE, no int3, so it runs on
@@ -141,6 +143,17 @@ void tiny_main(const u8 *zero_page) {
             put_dec(i);
             puts(": the quick brown fox jumps over the lazy dog\n");
         }
+        exit_status(0);
+    }
+    if (starts_with(action, "ioloop:")) {
+        u64 n = parse_dec(action + 7);
+        for (u64 i = 0; i < n; i++) outb(0x510, (u8)i);
+        exit_status(0);
+    }
+    if (starts_with(action, "mmioloop:")) {
+        u64 n = parse_dec(action + 9);
+        volatile u32 *hole = (volatile u32 *)0x3fe00000UL;
+        for (u64 i = 0; i < n; i++) *hole = (u32)i;
         exit_status(0);
     }
     if (starts_with(action, "kbd")) {

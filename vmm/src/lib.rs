@@ -24,6 +24,7 @@ pub mod pvm;
 pub mod vcpu;
 pub mod vm;
 
+pub use arch::x86_64::cpuid::PVM_GUEST_CMDLINE;
 pub use config::{
     parse_memory_size, ConfigError, DiskConfig, PvmMode, VmConfig, VmConfigBuilder, DEFAULT_CMDLINE,
 };

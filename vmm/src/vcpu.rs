@@ -99,6 +99,18 @@ impl Vcpu {
                 pvm_compat: boot.pvm_compat,
             },
         );
+        if let Ok(khz) = fd.get_tsc_khz() {
+            let leaf = arch::x86_64::cpuid::timing_leaf(khz);
+            if let Some(e) = cpuid
+                .as_mut_slice()
+                .iter_mut()
+                .find(|e| e.function == leaf.function)
+            {
+                *e = leaf;
+            } else if cpuid.push(leaf).is_err() {
+                debug!("vcpu{id}: no room for the timing CPUID leaf");
+            }
+        }
         fd.set_cpuid2(&cpuid).map_err(cfg("CPUID"))?;
 
         let msrs = Msrs::from_entries(&arch::x86_64::msrs::boot_msr_entries())
@@ -121,6 +133,12 @@ impl Vcpu {
         set_lint(&mut lapic);
         fd.set_lapic(&lapic).map_err(cfg("LAPIC"))?;
         Ok(Self { id, fd })
+    }
+
+    /// Gives up the configured vCPU file descriptor, for tools that drive `KVM_RUN`
+    /// themselves (the run-loop benchmark's bare loop measures the floor with it).
+    pub fn into_fd(self) -> VcpuFd {
+        self.fd
     }
 
     /// This vCPU's index.

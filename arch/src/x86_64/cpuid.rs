@@ -78,6 +78,24 @@ fn ceil_log2(n: u32) -> u32 {
     }
 }
 
+/// KVM's hypervisor signature leaf; its EAX is the highest hypervisor leaf.
+pub const HYPERVISOR_LEAF: u32 = 0x4000_0000;
+/// The timing leaf (EAX = TSC kHz, EBX = LAPIC bus kHz), as Firecracker and QEMU (`invtsc`)
+/// report it, so guests need not calibrate.
+pub const TIMING_LEAF: u32 = 0x4000_0010;
+/// KVM's LAPIC timer runs at 1 GHz.
+const LAPIC_BUS_KHZ: u32 = 1_000_000;
+
+/// The timing leaf for a TSC of `tsc_khz`; raise the signature leaf's EAX to `TIMING_LEAF`.
+pub fn timing_leaf(tsc_khz: u32) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
+        function: TIMING_LEAF,
+        eax: tsc_khz,
+        ebx: LAPIC_BUS_KHZ,
+        ..Default::default()
+    }
+}
+
 /// Adjusts the host-supported CPUID `entries` for one vCPU, in place.
 pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
     let apic_id = u32::from(p.vcpu_id);
@@ -122,6 +140,7 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                     }
                 }
             }
+            HYPERVISOR_LEAF => e.eax = e.eax.max(TIMING_LEAF),
             0xd if p.pvm_compat => {
                 e.eax = 0;
                 e.ebx = 0;

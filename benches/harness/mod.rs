@@ -1,0 +1,526 @@
+//! Shared benchmark harness: locating artefacts, spawning Ember and QEMU side by side and
+//! timing them from the outside (spawn to console marker, spawn to exit), memory sampling,
+//! statistics, JSON results and SVG plots under `target/ember-bench/`.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where results go.
+pub fn out_dir() -> PathBuf {
+    let d = repo_root().join("target/ember-bench");
+    std::fs::create_dir_all(&d).expect("target/ember-bench");
+    d
+}
+
+/// The `ember` binary of this build.
+pub fn ember_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ember")
+}
+
+/// Whether the host's KVM is kvm-pvm.
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+fn script_output(script: &str, n: usize) -> Vec<PathBuf> {
+    let out = Command::new("bash")
+        .arg(repo_root().join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run build script");
+    assert!(out.status.success(), "{script} failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len() - n..].iter().map(PathBuf::from).collect()
+}
+
+/// `(vmlinux, bzImage)` of the project's kernel.
+pub fn kernel() -> (PathBuf, PathBuf) {
+    let p = script_output("resources/kernel/build.sh", 2);
+    (p[0].clone(), p[1].clone())
+}
+
+/// The project's initramfs.
+pub fn initramfs() -> PathBuf {
+    script_output("resources/initramfs/build.sh", 1).remove(0)
+}
+
+/// Compiles a test guest (tests/guests/<name>.c with <ld>) into target/ember-bench.
+pub fn build_guest(name: &str, ld: &str) -> PathBuf {
+    let dir = repo_root().join("tests/guests");
+    let out = out_dir().join(format!("{name}.elf"));
+    let status = Command::new("gcc")
+        .args([
+            "-O2",
+            "-m64",
+            "-ffreestanding",
+            "-fno-pic",
+            "-no-pie",
+            "-nostdlib",
+            "-static",
+            "-mgeneral-regs-only",
+            "-mno-red-zone",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+        ])
+        .arg(format!("-Wl,-T,{}", dir.join(ld).display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(dir.join(format!("{name}.c")))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "building {name} failed");
+    out
+}
+
+/// QEMU's version line, if `qemu-system-x86_64` is installed.
+pub fn qemu_version() -> Option<String> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
+/// The guest command line Ember uses by default (plus the PVM options on a PVM host), which
+/// QEMU gets too so both boot the same guest.
+pub fn guest_cmdline() -> String {
+    if host_is_pvm() {
+        format!("{} {}", vmm::DEFAULT_CMDLINE, vmm::PVM_GUEST_CMDLINE)
+    } else {
+        vmm::DEFAULT_CMDLINE.to_string()
+    }
+}
+
+/// QEMU's `-cpu`: the host CPU, on a PVM host without the features Ember's compatibility
+/// model hides (QEMU's names for the same CPUID bits).
+pub fn qemu_cpu() -> String {
+    if host_is_pvm() {
+        let hidden = [
+            "pclmulqdq",
+            "ssse3",
+            "fma",
+            "cx16",
+            "pcid",
+            "sse4.1",
+            "sse4.2",
+            "movbe",
+            "popcnt",
+            "aes",
+            "xsave",
+            "avx",
+            "f16c",
+            "rdrand",
+            "fsgsbase",
+            "bmi1",
+            "avx2",
+            "smep",
+            "bmi2",
+            "invpcid",
+            "avx512f",
+            "rdseed",
+            "adx",
+            "smap",
+            "clflushopt",
+            "clwb",
+            "umip",
+            "pku",
+            "rdpid",
+            "abm",
+        ];
+        let mut s = String::from("host,-arch-capabilities");
+        for h in hidden {
+            s.push_str(",-");
+            s.push_str(h);
+        }
+        s
+    } else {
+        "host".to_string()
+    }
+}
+
+/// QEMU microvm arguments for `kernel`, `initrd`, `cmdline` and `mem_mib`.
+pub fn qemu_args(kernel: &Path, initrd: Option<&Path>, cmdline: &str, mem_mib: u64) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,acpi=off",
+        "-enable-kvm",
+        "-cpu",
+        &qemu_cpu(),
+        "-m",
+        &mem_mib.to_string(),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=1",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-kernel",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(kernel.display().to_string());
+    if let Some(i) = initrd {
+        a.push("-initrd".into());
+        a.push(i.display().to_string());
+    }
+    a.push("-append".into());
+    a.push(cmdline.to_string());
+    a
+}
+
+/// One timed run of a VMM process.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Spawn to the first appearance of the marker on the console (ms).
+    pub to_marker_ms: Option<f64>,
+    /// Spawn to process exit (ms).
+    pub to_exit_ms: f64,
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Peak RSS of the VMM process when the marker appeared (KiB).
+    pub peak_rss_kib: Option<u64>,
+    /// Resident guest RAM at that moment (KiB): the largest anonymous mapping's RSS.
+    pub guest_rss_kib: Option<u64>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl Sample {
+    /// Peak RSS beyond touched guest memory (KiB).
+    pub fn overhead_kib(&self) -> Option<u64> {
+        Some(self.peak_rss_kib?.saturating_sub(self.guest_rss_kib?))
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// RSS (KiB) of the largest mapping of at least `min_kib` (guest RAM).
+fn guest_mapping_rss(pid: u32, min_kib: u64) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut best: Option<(u64, u64)> = None;
+    let mut size = 0u64;
+    for line in smaps.lines() {
+        let mut it = line.split_whitespace();
+        match it.next() {
+            Some("Size:") => size = it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            Some("Rss:") => {
+                let rss: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                if size >= min_kib && best.is_none_or(|(s, _)| size > s) {
+                    best = Some((size, rss));
+                }
+            }
+            _ => {}
+        }
+    }
+    best.map(|(_, rss)| rss)
+}
+
+/// Spawns `program args`, timing spawn to `marker` on stdout and spawn to exit; samples
+/// memory when the marker appears (guest RAM is the mapping of at least `guest_mib`).
+pub fn timed_run(
+    program: &str,
+    args: &[String],
+    marker: Option<&str>,
+    guest_mib: u64,
+    timeout: Duration,
+) -> Sample {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let marker_owned = marker.map(str::to_string);
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut seen = false;
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    if !seen {
+                        if let Some(m) = &marker_owned {
+                            let window = &all[all.len().saturating_sub(n + m.len())..];
+                            if window.windows(m.len()).any(|w| w == m.as_bytes()) {
+                                seen = true;
+                                let at = start.elapsed();
+                                let peak = status_field(pid, "VmHWM:");
+                                let guest = guest_mapping_rss(pid, guest_mib * 1024);
+                                let _ = tx.send((at, peak, guest));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        all
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let to_exit_ms = start.elapsed().as_secs_f64() * 1e3;
+    let stdout = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().expect("reader")).into_owned();
+    let (to_marker_ms, peak_rss_kib, guest_rss_kib) = match rx.try_recv() {
+        Ok((at, peak, guest)) => (Some(at.as_secs_f64() * 1e3), peak, guest),
+        Err(_) => (None, None, None),
+    };
+    Sample {
+        to_marker_ms,
+        to_exit_ms,
+        code,
+        peak_rss_kib,
+        guest_rss_kib,
+        stdout,
+        stderr,
+    }
+}
+
+/// Ember's `--boot-timer` table from its stderr: `(phase, ms since process start)`.
+pub fn parse_phases(stderr: &str) -> Vec<(String, f64)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("ember:   ")?;
+            let mut nums = l.split_whitespace().rev();
+            let _delta: f64 = nums.next()?.parse().ok()?;
+            let at: f64 = nums.next()?.parse().ok()?;
+            let name = l[..l.find(|c: char| c.is_ascii_digit())?]
+                .trim()
+                .to_string();
+            Some((name, at))
+        })
+        .collect()
+}
+
+/// min, median, p90 and max.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub p90: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+/// Statistics of `v` (empty: all zero).
+pub fn stats(v: &[f64]) -> Stats {
+    if v.is_empty() {
+        return Stats::default();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
+    Stats {
+        min: s[0],
+        median: q(0.5),
+        p90: q(0.9),
+        max: s[s.len() - 1],
+        n: s.len(),
+    }
+}
+
+impl Stats {
+    /// As JSON.
+    pub fn json(&self) -> Value {
+        json!({"n": self.n, "min": self.min, "median": self.median, "p90": self.p90, "max": self.max})
+    }
+}
+
+/// Median, or None when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| stats(v).median)
+}
+
+/// Formats a ratio row: `name | ember | qemu | ratio`.
+pub fn row(name: &str, ember: Option<f64>, qemu: Option<f64>, unit: &str) -> String {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let ratio = match (ember, qemu) {
+        (Some(e), Some(q)) if q > 0.0 => format!("{:.3}", e / q),
+        _ => "-".to_string(),
+    };
+    format!(
+        "| {name:<34} | {:>12} | {:>12} | {ratio:>11} |  {unit}",
+        f(ember),
+        f(qemu)
+    )
+}
+
+/// The table header for [`row`].
+pub fn header() -> String {
+    format!(
+        "| {:<34} | {:>12} | {:>12} | {:>11} |\n|{}|{}|{}|{}|",
+        "figure",
+        "Ember",
+        "QEMU",
+        "Ember/QEMU",
+        "-".repeat(36),
+        "-".repeat(14),
+        "-".repeat(14),
+        "-".repeat(13)
+    )
+}
+
+/// Writes `value` as pretty JSON to target/ember-bench/<name>.json; returns the path.
+pub fn write_json(name: &str, value: &Value) -> PathBuf {
+    let p = out_dir().join(format!("{name}.json"));
+    std::fs::write(&p, serde_json::to_string_pretty(value).expect("json")).expect("write json");
+    p
+}
+
+/// Draws both distributions side by side (one dot per sample) and, if given, a stacked bar
+/// of Ember's median phases; writes target/ember-bench/<name>.svg.
+pub fn plot(
+    name: &str,
+    title: &str,
+    series: &[(&str, &[f64])],
+    phases: &[(String, f64)],
+) -> PathBuf {
+    let p = out_dir().join(format!("{name}.svg"));
+    draw(&p, title, series, phases);
+    p
+}
+
+fn draw(p: &Path, title: &str, series: &[(&str, &[f64])], phases: &[(String, f64)]) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(p, (900, 480)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let (left, right) = root.split_horizontally(560);
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    if let Ok(mut chart) = ChartBuilder::on(&left)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..(series.len() as f64 - 0.5), 0f64..max)
+    {
+        let names: Vec<String> = series.iter().map(|(n, _)| n.to_string()).collect();
+        let _ = chart
+            .configure_mesh()
+            .x_labels(series.len())
+            .x_label_formatter(&|x| names.get(x.round() as usize).cloned().unwrap_or_default())
+            .y_desc("ms")
+            .draw();
+        let colors = [RED, BLUE, GREEN, MAGENTA];
+        for (i, (_, v)) in series.iter().enumerate() {
+            let c = colors[i % colors.len()];
+            let n = v.len().max(1) as f64;
+            let _ = chart.draw_series(v.iter().enumerate().map(|(j, &y)| {
+                let x = i as f64 + (j as f64 / n - 0.5) * 0.5;
+                Circle::new((x, y), 4, c.filled())
+            }));
+            let m = median(v).unwrap_or(0.0);
+            let _ = chart.draw_series(std::iter::once(PathElement::new(
+                vec![(i as f64 - 0.35, m), (i as f64 + 0.35, m)],
+                c.stroke_width(2),
+            )));
+        }
+    }
+    if !phases.is_empty() {
+        let total = phases.last().map_or(1.0, |p| p.1).max(1e-6);
+        if let Ok(mut chart) = ChartBuilder::on(&right)
+            .caption("Ember phases (median, ms)", ("sans-serif", 16))
+            .margin(15)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..total * 1.05)
+        {
+            let _ = chart.configure_mesh().disable_x_mesh().x_labels(0).draw();
+            let palette = [
+                RED,
+                BLUE,
+                GREEN,
+                CYAN,
+                MAGENTA,
+                YELLOW,
+                BLACK,
+                RGBColor(255, 128, 0),
+                RGBColor(128, 0, 255),
+            ];
+            let mut prev = 0.0;
+            for (i, (name, at)) in phases.iter().enumerate() {
+                let c = palette[i % palette.len()];
+                let _ = chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(0.2, prev), (0.5, *at)],
+                        c.mix(0.7).filled(),
+                    )))
+                    .map(|s| {
+                        s.label(format!("{name} {:.1}", at - prev))
+                            .legend(move |(x, y)| {
+                                Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled())
+                            })
+                    });
+                prev = *at;
+            }
+            let _ = chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font(("sans-serif", 10))
+                .border_style(BLACK)
+                .draw();
+        }
+    }
+    let _ = root.present();
+}
