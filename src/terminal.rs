@@ -7,12 +7,19 @@ use std::os::fd::AsRawFd;
 /// Puts a terminal in raw mode (no line editing, no echo; Ctrl-C still signals) and restores
 /// it when dropped. Does nothing when the file is not a terminal.
 pub struct RawMode {
-    fd: i32,
+    // Its own descriptor of the terminal, so the restore works whoever closed theirs.
+    file: Option<File>,
     saved: Option<libc::termios>,
 }
 
 impl RawMode {
     pub fn enter(file: &File) -> Self {
+        let Ok(file) = file.try_clone() else {
+            return Self {
+                file: None,
+                saved: None,
+            };
+        };
         let fd = file.as_raw_fd();
         let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
         // SAFETY: `t` is a valid out-pointer for tcgetattr; we read it only on success.
@@ -31,16 +38,18 @@ impl RawMode {
             // SAFETY: `raw` is a fully initialised termios for this terminal.
             unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) };
         }
-        Self { fd, saved }
+        Self {
+            file: Some(file),
+            saved,
+        }
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        if let Some(orig) = self.saved {
-            // SAFETY: restores the attributes read in `enter` on the same descriptor, which
-            // the caller's stdin keeps open.
-            unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &orig) };
+        if let (Some(orig), Some(f)) = (self.saved, self.file.as_ref()) {
+            // SAFETY: restores the attributes read in `enter` on our own open descriptor.
+            unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &orig) };
         }
     }
 }

@@ -46,6 +46,62 @@ fn check_init_or_skip(r: &Run) {
     }
 }
 
+/// `--boot-timer`: every observable phase, in increasing time order, none negative, the
+/// console marker included.
+fn check_boot_timer_table(stderr: &str) {
+    let rows: Vec<(String, f64, f64)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("ember:   ")?;
+            let mut it = l.split_whitespace().rev();
+            let delta: f64 = it.next()?.parse().ok()?;
+            let at: f64 = it.next()?.parse().ok()?;
+            Some((
+                l[..l.find(|c: char| c.is_ascii_digit())?]
+                    .trim()
+                    .to_string(),
+                at,
+                delta,
+            ))
+        })
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    for want in [
+        "process start",
+        "configuration validated",
+        "guest memory ready",
+        "kernel and initramfs loaded",
+        "first KVM_RUN",
+        "first console output",
+        "console marker",
+        "VM exit",
+    ] {
+        assert!(
+            names.contains(&want),
+            "phase {want} missing from:\n{stderr}"
+        );
+    }
+    if !host_is_pvm() {
+        assert!(
+            names.contains(&"boot-timer signal"),
+            "init pokes the boot timer:\n{stderr}"
+        );
+    }
+    for w in rows.windows(2) {
+        assert!(w[1].1 >= w[0].1, "phases out of order:\n{stderr}");
+    }
+    assert!(rows.iter().all(|r| r.1 >= 0.0 && r.2 >= 0.0), "{stderr}");
+    let marker = rows
+        .iter()
+        .position(|r| r.0 == "console marker")
+        .expect("marker");
+    let first_out = rows
+        .iter()
+        .position(|r| r.0 == "first console output")
+        .expect("output");
+    assert!(marker > first_out, "{stderr}");
+}
+
 fn assert_memory_close(r: &Run, mib: u64) {
     let kib = reported_memory_kib(&r.stdout).expect("the kernel reports its memory");
     let want = mib * 1024;
@@ -73,6 +129,9 @@ fn vmlinux_smp_boots_to_init_and_resets_after_panic() {
             "4",
             "--memory",
             "1G",
+            "--boot-timer",
+            "--boot-timer-marker",
+            RUN_INIT,
         ],
         b"",
         T,
@@ -90,6 +149,7 @@ fn vmlinux_smp_boots_to_init_and_resets_after_panic() {
         r.stdout
     );
     assert_memory_close(&r, 1024);
+    check_boot_timer_table(&r.stderr);
     check_init_or_skip(&r);
     assert_eq!(r.code(), 0, "{}", r.stderr);
     if host_is_pvm() {
@@ -220,4 +280,40 @@ fn memory_line_parses() {
     let log = "[    0.1] Memory: 1001172K/1048052K available (2048K kernel code, 1K rwdata)";
     assert_eq!(reported_memory_kib(log), Some(1048052));
     assert_eq!(reported_memory_kib("nothing"), None);
+}
+
+#[test]
+fn a_command_runs_in_the_guest_with_its_arguments_and_status() {
+    if !require_kvm() {
+        return;
+    }
+    if host_is_pvm() {
+        eprintln!("SKIPPED: guest user space cannot make system calls on this kvm-pvm host");
+        return;
+    }
+    let (vmlinux, _) = guest_kernel();
+    let r = run_ember(
+        &[
+            "--kernel",
+            s(vmlinux),
+            "--initrd",
+            s(guest_initramfs()),
+            "--",
+            "sh",
+            "-c",
+            "printf '<%s>\\n' \"$@\"; exit 7",
+            "sh",
+            "a b",
+            "it's",
+            "say \"hi\"",
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(r.code(), 7, "{r:?}");
+    assert!(
+        r.stdout.contains("<a b>\r\n<it's>\r\n<say \"hi\">"),
+        "{}",
+        r.stdout
+    );
 }

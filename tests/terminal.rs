@@ -1,0 +1,102 @@
+//! A terminal on stdin goes to raw mode while the VM runs and is restored afterwards: after
+//! the guest ends, after a start-up error and after a signal.
+
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{ember_bin, require_kvm, tiny_guest};
+
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+fn pty() -> Pty {
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty fills the two descriptors; the name, termios and winsize are optional.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here only.
+    unsafe {
+        Pty {
+            master: OwnedFd::from_raw_fd(m),
+            slave: OwnedFd::from_raw_fd(s),
+        }
+    }
+}
+
+fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
+    let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: valid descriptor and out-pointer; read only on success.
+    assert_eq!(
+        unsafe { libc::tcgetattr(fd.as_raw_fd(), t.as_mut_ptr()) },
+        0
+    );
+    // SAFETY: tcgetattr succeeded.
+    unsafe { t.assume_init() }.c_lflag
+}
+
+fn spawn_on(p: &Pty, args: &[&str]) -> std::process::Child {
+    let stdin = p.slave.try_clone().expect("dup");
+    Command::new(ember_bin())
+        .args(args)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn raw_mode_is_restored_after_exit_error_and_signal() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = tiny_guest().to_str().expect("utf-8").to_string();
+    let p = pty();
+    let before = lflag(&p.slave);
+    assert_ne!(before & libc::ICANON, 0, "a fresh pty is canonical");
+
+    // A guest that ends by itself.
+    let out = spawn_on(&p, &["--kernel", &kernel, "--cmdline", "action=exit:0"])
+        .wait_with_output()
+        .expect("wait");
+    assert!(out.status.success());
+    assert_eq!(lflag(&p.slave), before);
+
+    // A start-up error.
+    let out = spawn_on(&p, &["--kernel", "/proc/self/status"])
+        .wait_with_output()
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(lflag(&p.slave), before);
+
+    // A signal while the guest runs: raw mode while running, restored after.
+    let mut child = spawn_on(&p, &["--kernel", &kernel, "--cmdline", "action=loop"]);
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut buf = [0u8; 14];
+    std::io::Read::read_exact(&mut stdout, &mut buf).expect("guest runs");
+    assert_eq!(
+        lflag(&p.slave) & (libc::ICANON | libc::ECHO),
+        0,
+        "raw while the VM runs"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(lflag(&p.slave), before);
+    drop(p.master);
+}
