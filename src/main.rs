@@ -49,6 +49,9 @@ struct Cli {
     /// `ember` then exits with the command's status. Give it after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+    /// seccomp-bpf filters on every thread: on, or off for debugging (with a warning).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    seccomp: OnOff,
     /// Time the boot: print when each phase happened (process start, configuration, memory,
     /// kernel, first KVM_RUN, first console output, console marker, boot-timer signal, exit)
     /// to stderr when the VM ends.
@@ -67,6 +70,12 @@ const EXIT_HELP: &str =
     "Exit status: 0 when the guest powers off or resets; the guest's own status when it \
 writes one to I/O port 0xf4; 1 for an error (bad input, host failure); 2 for a usage error; \
 3 after a triple fault; 4 after a KVM internal error or entry failure; 128+N after signal N.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum PvmArg {
@@ -157,6 +166,10 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         disks,
         command: (!cli.command.is_empty()).then_some(cli.command),
         console_marker: cli.boot_timer.then(|| cli.boot_timer_marker.clone()),
+        seccomp: match cli.seccomp {
+            OnOff::On => vmm::seccomp::SeccompMode::On,
+            OnOff::Off => vmm::seccomp::SeccompMode::Off,
+        },
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
@@ -183,13 +196,25 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         output: ConsoleOutput::Writer(Box::new(stdout)),
         input: ConsoleInput::File(stdin),
     };
+    let seccomp = config.seccomp == vmm::seccomp::SeccompMode::On;
+    if seccomp {
+        terminal::install_sigsys_reporter()
+            .map_err(|e| format!("Cannot install the SIGSYS handler: {e}"))?;
+    } else {
+        log::warn!("seccomp filters are off: use this for debugging only");
+    }
     let mut handle = Vm::start_with_console(config, console).map_err(|e| error_chain(&e))?;
+
     let stopper = Arc::new(handle.stopper());
-    terminal::spawn_signal_thread(signals, move |sig| {
+    terminal::spawn_signal_thread(signals, seccomp, move |sig| {
         SIGNAL.store(sig, Ordering::SeqCst);
         stopper.kill();
     })
     .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
+    if seccomp {
+        // No thread is created after this point (clone would be refused).
+        vmm::seccomp::apply(vmm::seccomp::ThreadKind::Main).map_err(|e| error_chain(&e))?;
+    }
 
     let exit = handle.wait();
     if boot_timer {

@@ -170,6 +170,9 @@ pub struct VmConfig {
     /// ([`crate::Timestamps::console_marker`]), e.g. `"Run /init as init process"`.
     #[serde(default)]
     pub console_marker: Option<String>,
+    /// seccomp filters on the VM's threads ([`crate::seccomp`]).
+    #[serde(default)]
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 fn default_memory() -> u64 {
@@ -206,6 +209,7 @@ impl VmConfig {
             disks: Vec::new(),
             command: None,
             console_marker: None,
+            seccomp: crate::seccomp::SeccompMode::On,
         }
     }
 

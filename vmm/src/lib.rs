@@ -21,6 +21,7 @@ pub mod exit;
 pub mod kvm_vm;
 pub mod memory;
 pub mod pvm;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 
@@ -62,6 +63,9 @@ pub enum Error {
     /// Installing the vCPU kick signal handler failed.
     #[error("Cannot install the vCPU kick signal handler (errno {0})")]
     Signal(i32),
+    /// The seccomp filters cannot be prepared.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// Spawning a thread failed.
     #[error("Cannot start a VM thread")]
     Thread(#[source] std::io::Error),

@@ -19,6 +19,11 @@ use arch::x86_64::regs::{boot_fpu, boot_regs, configure_sregs, set_lint, BootPro
 use devices::bus::Bus;
 
 use crate::control::VmControl;
+use crate::seccomp::{SeccompMode, ThreadKind};
+
+/// Test-only hook: with this variable set to `vcpu`, each vCPU thread makes a forbidden
+/// system call right after installing its seccomp filter (the process must die of it).
+pub const SELFTEST_ENV: &str = "EMBER_SECCOMP_SELFTEST";
 use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
 
@@ -147,7 +152,18 @@ impl Vcpu {
     }
 
     /// Runs the guest until the VM stops. Called on the vCPU's own thread.
-    pub fn run(mut self, buses: &IoBuses, control: &VmControl) {
+    pub fn run(mut self, buses: &IoBuses, control: &VmControl, seccomp: SeccompMode) {
+        if seccomp == SeccompMode::On {
+            if let Err(e) = crate::seccomp::apply(ThreadKind::Vcpu) {
+                control.request_exit(ExitReason::HostError(format!("vcpu{}: {e}", self.id)));
+                return;
+            }
+            if std::env::var_os(SELFTEST_ENV).is_some_and(|v| v == "vcpu") {
+                // Test-only hook: a system call no vCPU thread may make.
+                // SAFETY: a plain system call with no memory arguments.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+        }
         if let Err(e) = unblock_kick_signal() {
             control.request_exit(ExitReason::HostError(format!(
                 "vcpu{}: cannot unblock the kick signal: {e}",

@@ -123,12 +123,18 @@ impl Vm {
         let buses = Arc::new(devices.buses);
         let i8042 = devices.i8042;
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
+        let seccomp = config.seccomp;
+        if seccomp == crate::seccomp::SeccompMode::On {
+            // Compile now so that a broken filter fails the start, not a thread.
+            crate::seccomp::program(crate::seccomp::ThreadKind::Vcpu)?;
+            crate::seccomp::program(crate::seccomp::ThreadKind::Vmm)?;
+        }
         for vcpu in vcpus {
             let (b, c) = (buses.clone(), control.clone());
             let name = format!("ember-vcpu{}", vcpu.id());
             match std::thread::Builder::new()
                 .name(name)
-                .spawn(move || vcpu.run(&b, &c))
+                .spawn(move || vcpu.run(&b, &c, seccomp))
             {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -146,6 +152,11 @@ impl Vm {
         let vmm_thread = std::thread::Builder::new()
             .name("ember-vmm".into())
             .spawn(move || {
+                if seccomp == crate::seccomp::SeccompMode::On {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
+                        ctl.request_exit(ExitReason::HostError(format!("event loop: {e}")));
+                    }
+                }
                 run_until_stop(&mut em, &ctl);
                 stop_vcpus(&ctl, threads);
                 // Release devices, the VM and then its memory before reporting the end.
