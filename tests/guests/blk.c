@@ -72,6 +72,9 @@
  * Exit codes (port 0xf4; QEMU's isa-debug-exit turns s into (s<<1)|1): 0 ok, 1 request failed,
  * 2 internal error (printed as "blk: error <what>"), 99 unknown action ("blk: unknown action").
  * action=hello prints only the boot line and exits 0 at once (the VMM-overhead benchmark).
+ * action=hostile scribbles over every I/O port, the MMIO gap and every disk's virtio-mmio
+ * window and queues (see scribble_device), then per disk resets it, reads sector 0 and prints
+ * "hostile: disk<N> good status=<n> fnv1a64=<hex>" (FNV-1a of those 4096 bytes).
  * Requests: one in flight at a time, polled (avail flags VRING_AVAIL_F_NO_INTERRUPT); a chain is
  * header (16 B) + data in 64 KiB segments (fewer if the device offers SIZE_MAX/SEG_MAX or the
  * queue is small) + status byte, so up to 1 MiB per request. Features accepted: VERSION_1 and,
@@ -758,6 +761,117 @@ static void action_badreq(void) {
     exit_status(0);
 }
 
+
+/* ---------------------------------------------------------------- hostile driver */
+
+static u64 rng = 0x243F6A8885A308D3UL;
+static u64 rnd(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* Everything a hostile guest might do to a virtio-mmio device: random values of every width
+   at every offset of its 4 KiB window (registers, config space and past both), bogus ring
+   addresses and queue sizes, notifications of queues that do not exist, status writes out of
+   order, descriptor cycles, absurd lengths and an avail index far ahead of the queue. */
+static void scribble_device(struct disk *d) {
+    u64 base = d->base;
+    for (int round = 0; round < 2; round++) {
+        for (u32 off = 0; off < 0x1000; off += 4) {
+            mmio_write(base, off, (u32)rnd());
+            (void)mmio_read(base, off);
+        }
+        for (u32 off = 0; off < 0x200; off++) {
+            *(volatile u8 *)(base + off) = (u8)rnd();
+            *(volatile u16 *)(base + (off & ~1U)) = (u16)rnd();
+            (void)*(volatile u8 *)(base + off);
+        }
+    }
+    /* Queue set-up with nonsense, then DRIVER_OK. */
+    mmio_write(base, VM_STATUS, 0);
+    mmio_write(base, VM_STATUS, ST_DRIVER_OK);               /* out of order */
+    mmio_write(base, VM_STATUS, ST_ACKNOWLEDGE);
+    mmio_write(base, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER);
+    mmio_write(base, VM_DRIVER_FEATURES_SEL, 0);
+    mmio_write(base, VM_DRIVER_FEATURES, 0xffffffff);        /* features never offered */
+    mmio_write(base, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK);
+    mmio_write(base, VM_STATUS, ST_ACKNOWLEDGE);             /* clearing bits */
+    for (u32 q = 0; q < 4; q++) {
+        mmio_write(base, VM_QUEUE_SEL, q);
+        mmio_write(base, VM_QUEUE_NUM, 3);                    /* not a power of two */
+        mmio_write(base, VM_QUEUE_NUM, 65535);
+        mmio_write(base, VM_QUEUE_DESC_LOW, 0xfffff000);
+        mmio_write(base, VM_QUEUE_DESC_HIGH, 0xffffffff);     /* far outside RAM */
+        mmio_write(base, VM_QUEUE_DRIVER_LOW, 0x1);           /* misaligned */
+        mmio_write(base, VM_QUEUE_DEVICE_LOW, 0xc0000000);    /* the MMIO gap */
+        mmio_write(base, VM_QUEUE_READY, 1);
+    }
+    mmio_write(base, VM_STATUS, 0xff);
+    for (u32 q = 0; q < 8; q++) mmio_write(base, VM_QUEUE_NOTIFY, q); /* queues that do not exist */
+    mmio_write(base, VM_QUEUE_NOTIFY, 0xffffffff);
+
+    /* A valid queue, then hostile chains. */
+    disk_init(d, (int)(d - disks));
+    volatile struct blk_hdr *h = (volatile struct blk_hdr *)REQ_HDR;
+    h->type = T_IN;
+    h->sector = 0;
+    d->desc[0] = (struct vq_desc){ REQ_HDR, 16, VRING_DESC_F_NEXT, 1 };      /* cycle 0 -> 1 -> 0 */
+    d->desc[1] = (struct vq_desc){ DATA_BUF, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 0 };
+    d->desc[2] = (struct vq_desc){ DATA_BUF, 0xffffffff, VRING_DESC_F_WRITE, 0 }; /* absurd length */
+    d->desc[3] = (struct vq_desc){ 0xfffffffffffff000UL, 0x1000, VRING_DESC_F_WRITE, 0 };
+    d->desc[4] = (struct vq_desc){ REQ_HDR, 16, VRING_DESC_F_NEXT, 999 };    /* next out of range */
+    u16 heads[] = { 0, 2, 3, 4, 999 };
+    for (u32 i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        d->avail->ring[d->avail_idx % d->qsize] = heads[i];
+        mb();
+        d->avail_idx++;
+        d->avail->idx = d->avail_idx;
+        mb();
+        mmio_write(base, VM_QUEUE_NOTIFY, 0);
+    }
+    /* An avail index far ahead of the queue size. */
+    d->avail->idx = (u16)(d->avail_idx + 5000);
+    mb();
+    mmio_write(base, VM_QUEUE_NOTIFY, 0);
+    for (u32 i = 0; i < 100000; i++) cpu_relax();
+    /* Config space writes and a read past the end. */
+    for (u32 off = 0x100; off < 0x1000; off += 4) mmio_write(base, off, 0xdeadbeef);
+}
+
+/* Random writes and reads on every I/O port but the two that end the VM (i8042 reset at
+   0x64, exit port 0xf4) and COM1 (its output is the test's evidence). */
+static void scribble_ports(void) {
+    for (u32 port = 0; port < 0x10000; port++) {
+        if (port == 0x64 || port == 0xf4 || (port >= COM1 && port < COM1 + 8)) continue;
+        outb((u16)port, (u8)rnd());
+        (void)inb((u16)port);
+    }
+    /* MMIO in the 32-bit gap outside any device, and the boot timer with the wrong value. */
+    for (u64 a = 0xc0000000UL; a < 0xd0000000UL; a += 0x100000) {
+        *(volatile u32 *)a = (u32)rnd();
+        (void)*(volatile u32 *)a;
+    }
+}
+
+static void action_hostile(void) {
+    scribble_ports();
+    for (int i = 0; i < ndisks; i++) scribble_device(&disks[i]);
+    for (int i = 0; i < ndisks; i++) {
+        struct disk *d = get_disk((u64)i);
+        u8 st = blk_req(d, T_IN, 0, DATA_BUF, 4096);
+        puts("hostile: disk");
+        put_dec((u64)i);
+        puts(" good status=");
+        put_dec(st);
+        puts(" fnv1a64=");
+        put_hex(fnv1a(0xcbf29ce484222325UL, (const u8 *)DATA_BUF, 4096), 16);
+        putc('\n');
+    }
+    exit_status(0);
+}
+
 /* boot: 1 = Linux 64-bit protocol (info = zero page), 2 = PVH (info = hvm_start_info). */
 void blk_main(u32 boot, u64 info) {
     const char *src;
@@ -784,7 +898,7 @@ void blk_main(u32 boot, u64 info) {
     if (!action) action = "";
     if (word_is(action, "hello")) exit_status(0); /* one line, then exit: VMM overhead */
     int known = word_is(action, "info") || word_is(action, "write") || word_is(action, "read") ||
-                word_is(action, "bench") || word_is(action, "badreq");
+                word_is(action, "bench") || word_is(action, "badreq") || word_is(action, "hostile");
     if (!known) {
         puts("blk: unknown action\n");
         exit_status(99);
@@ -794,6 +908,7 @@ void blk_main(u32 boot, u64 info) {
     if (word_is(action, "write")) action_write();
     if (word_is(action, "read")) action_read();
     if (word_is(action, "bench")) action_bench();
+    if (word_is(action, "hostile")) action_hostile();
     action_badreq();
 }
 

@@ -166,10 +166,14 @@ impl MmioTransport {
             },
             QUEUE_SEL => self.queue_sel = v,
             QUEUE_NUM if self.queue_setup_allowed() => {
-                // virtio-queue validates the size (power of two, at most the maximum) when
-                // the device checks `is_valid` at DRIVER_OK.
+                // Only a power of two up to the maximum is taken (§2.7); anything else is
+                // ignored here rather than logged as an error by virtio-queue.
                 if let Some(q) = self.selected_queue() {
-                    q.set_size(v as u16);
+                    if v.is_power_of_two() && v <= u32::from(q.max_size()) {
+                        q.set_size(v as u16);
+                    } else {
+                        debug!("virtio-mmio: queue size {v} ignored");
+                    }
                 }
             }
             QUEUE_READY if self.queue_setup_allowed() => {
@@ -218,7 +222,7 @@ impl MmioTransport {
         // Status bits are only ever added (§2.1.2); the order is ACKNOWLEDGE, DRIVER,
         // FEATURES_OK, DRIVER_OK.
         if v & self.status != self.status {
-            warn!(
+            debug!(
                 "virtio-mmio: status {v:#x} clears bits of {:#x}; ignored",
                 self.status
             );
@@ -240,7 +244,7 @@ impl MmioTransport {
             _ => false,
         };
         if !ok {
-            warn!(
+            debug!(
                 "virtio-mmio: status {v:#x} out of order after {:#x}; ignored",
                 self.status
             );
@@ -252,7 +256,9 @@ impl MmioTransport {
                 let acked = self.driver_features;
                 if acked & !offered != 0 || acked & (1 << VIRTIO_F_VERSION_1) == 0 {
                     // Leave FEATURES_OK clear: the driver sees the refusal (§3.1.1 step 6).
-                    warn!("virtio-mmio: driver features {acked:#x} refused (offered {offered:#x})");
+                    debug!(
+                        "virtio-mmio: driver features {acked:#x} refused (offered {offered:#x})"
+                    );
                     return;
                 }
                 self.status = v;
@@ -260,7 +266,7 @@ impl MmioTransport {
             VIRTIO_CONFIG_S_DRIVER_OK => {
                 for (i, q) in self.queues.iter().enumerate() {
                     if !q.ready() || !q.is_valid(&self.mem) {
-                        warn!(
+                        debug!(
                             "virtio-mmio: queue {i} is not usable at DRIVER_OK; device needs reset"
                         );
                         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;

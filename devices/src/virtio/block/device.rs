@@ -1,6 +1,8 @@
 //! The virtio-blk device model: features, configuration space, and the queue processing the
 //! [`super::BlockHandler`] runs on the event-loop thread when the guest notifies.
 
+use std::sync::atomic::Ordering;
+
 use log::{debug, warn};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -32,6 +34,7 @@ pub struct VirtioBlock {
     active: Option<Active>,
     descs: Vec<Descriptor>,
     iovecs: Vec<libc::iovec>,
+    warnings_left: u32,
 }
 
 // SAFETY: the raw pointers in `iovecs` are scratch values rebuilt for every request and
@@ -62,6 +65,7 @@ impl VirtioBlock {
             active: None,
             descs: Vec::with_capacity(MAX_DESCRIPTORS),
             iovecs: Vec::with_capacity(MAX_DESCRIPTORS),
+            warnings_left: 8,
         }
     }
 
@@ -70,28 +74,72 @@ impl VirtioBlock {
         self.active.is_some()
     }
 
-    /// Serves every available request, then interrupts the guest if it wants to know.
-    pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &self.mem;
-        let mut used_any = false;
-        loop {
-            if let Err(e) = active.queue.disable_notification(mem) {
-                warn!("block: queue unusable ({e}); stopping the device until reset");
-                self.active = None;
-                return;
+    /// Stops serving until the driver resets the device (a queue the guest broke).
+    fn needs_reset(&mut self, why: &dyn std::fmt::Display) {
+        if self.warnings_left > 0 {
+            self.warnings_left -= 1;
+            warn!("block: {why}; the device stops until the driver resets it");
+        }
+        self.active = None;
+    }
+
+    /// Serves the available requests, then interrupts the guest if it wants to know. Returns
+    /// true when requests are left (served in bounded batches so one busy queue cannot hold
+    /// the event loop); the caller then comes back later.
+    pub fn process_queue(&mut self) -> bool {
+        match self.serve() {
+            Ok(more) => more,
+            Err(why) => {
+                self.needs_reset(&why);
+                false
             }
-            while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+        }
+    }
+
+    /// [`Self::process_queue`] without the error handling: `Err` means the queue is broken.
+    fn serve(&mut self) -> Result<bool, String> {
+        const MAX_ROUNDS: usize = 16;
+        let Self {
+            active,
+            mem,
+            disk,
+            descs,
+            iovecs,
+            ..
+        } = self;
+        let Some(active) = active.as_mut() else {
+            return Ok(false);
+        };
+        let mut used_any = false;
+        let mut more = true;
+        for _ in 0..MAX_ROUNDS {
+            active
+                .queue
+                .disable_notification(mem)
+                .map_err(|e| e.to_string())?;
+            // An available index more than a queue ahead is a broken ring (virtio 1.2
+            // 2.7.13.3): refuse it rather than chase it.
+            let idx = active
+                .queue
+                .avail_idx(mem, Ordering::Acquire)
+                .map_err(|e| e.to_string())?;
+            let pending = (idx - std::num::Wrapping(active.queue.next_avail())).0;
+            if pending > active.queue.size() {
+                return Err(format!(
+                    "avail index {pending} entries ahead of a queue of {}",
+                    active.queue.size()
+                ));
+            }
+            for _ in 0..pending {
+                let Some(chain) = active.queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
                 let head = chain.head_index();
-                self.descs.clear();
-                for d in chain.take(MAX_DESCRIPTORS + 1) {
-                    self.descs.push(d);
-                }
-                let (status_addr, status, len) = match parse(mem, &self.descs) {
+                descs.clear();
+                descs.extend(chain.take(MAX_DESCRIPTORS + 1));
+                let (status_addr, status, len) = match parse(mem, descs) {
                     Parsed::Request(req, status_addr) => {
-                        let (status, len) = execute(mem, &self.disk, &req, &mut self.iovecs);
+                        let (status, len) = execute(mem, disk, &req, iovecs);
                         (Some(status_addr), status, len)
                     }
                     Parsed::Fail(status, status_addr) => (Some(status_addr), status, 0),
@@ -104,21 +152,19 @@ impl VirtioBlock {
                         0
                     }
                 };
-                if let Err(e) = active.queue.add_used(mem, head, used_len) {
-                    warn!("block: cannot return request {head} ({e}); stopping the device until reset");
-                    self.active = None;
-                    return;
-                }
+                active
+                    .queue
+                    .add_used(mem, head, used_len)
+                    .map_err(|e| e.to_string())?;
                 used_any = true;
             }
-            match active.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!("block: queue unusable ({e}); stopping the device until reset");
-                    self.active = None;
-                    return;
-                }
+            if !active
+                .queue
+                .enable_notification(mem)
+                .map_err(|e| e.to_string())?
+            {
+                more = false;
+                break;
             }
         }
         if used_any && active.queue.needs_notification(mem).unwrap_or(true) {
@@ -126,6 +172,7 @@ impl VirtioBlock {
                 warn!("block: cannot interrupt the guest: {e}");
             }
         }
+        Ok(more)
     }
 }
 
@@ -171,6 +218,7 @@ impl VirtioDevice for VirtioBlock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.warnings_left = 8;
     }
 }
 

@@ -39,10 +39,15 @@ impl MutEventSubscriber for BlockHandler {
         match events.data() {
             Self::QUEUE_KICK => {
                 let _ = self.kick.read();
-                self.device
+                let more = self
+                    .device
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .process_queue();
+                if more {
+                    // Requests left after a bounded batch: come back after other events.
+                    let _ = self.kick.write(1);
+                }
             }
             other => {
                 warn!("block: unexpected event {other}");
