@@ -317,3 +317,39 @@ fn a_command_runs_in_the_guest_with_its_arguments_and_status() {
         r.stdout
     );
 }
+
+#[test]
+fn six_concurrent_linux_boots_reach_init() {
+    if !require_kvm() {
+        return;
+    }
+    let (vmlinux, _) = guest_kernel();
+    let initrd = guest_initramfs();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(common::ember_bin())
+                .args([
+                    "--kernel",
+                    vmlinux.to_str().expect("utf-8"),
+                    "--initrd",
+                    initrd.to_str().expect("utf-8"),
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("Run /init as init process"), "{stdout}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

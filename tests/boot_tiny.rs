@@ -73,7 +73,10 @@ fn pvm_options_follow_the_flag() {
         return;
     }
     let on = tiny("user=1", &["--pvm", "on"]);
-    assert!(on.stdout.contains("cmdline: user=1 noxsave rodata=off"), "{on:?}");
+    assert!(
+        on.stdout.contains("cmdline: user=1 noxsave rodata=off"),
+        "{on:?}"
+    );
     assert!(on.stdout.contains("clearcpuid="), "{on:?}");
     assert!(on.stderr.contains("kvm-pvm host"), "{on:?}");
     let off = tiny("user=1", &["--pvm", "off"]);

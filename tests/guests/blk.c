@@ -629,6 +629,43 @@ static void action_write(void) {
     exit_status(0);
 }
 
+/* Writes 4 KiB at sector 8*i (pattern seed i+1) and flushes, for i = 0..count-1, printing
+   "flushed <i>" after each flush completes: the host may kill the VMM at any point and must
+   then find every announced block on disk. */
+static void action_flushloop(void) {
+    struct disk *d = get_disk(param_num("disk=", 0));
+    u64 count = param_num("count=", 1000);
+    for (u64 i = 0; i < count; i++) {
+        u64 *buf = (u64 *)DATA_BUF;
+        for (u64 j = 0; j < 512; j++) buf[j] = pattern_word(i + 1, j);
+        u8 st = blk_req(d, T_OUT, i * 8, DATA_BUF, 4096);
+        if (st) bad_status("flushloop", st);
+        st = blk_req(d, T_FLUSH, 0, 0, 0);
+        if (st) bad_status("flushloop", st);
+        puts("flushed ");
+        put_dec(i);
+        putc('\n');
+    }
+    exit_status(0);
+}
+
+/* Reads sector 0 again and again, printing "readloop <i> status=<n>"; stops with exit 0 at
+   the first status that is not OK (the host shrank the image), or after count reads. */
+static void action_readloop(void) {
+    struct disk *d = get_disk(param_num("disk=", 0));
+    u64 count = param_num("count=", 1000000);
+    for (u64 i = 0; i < count; i++) {
+        u8 st = blk_req(d, T_IN, 0, DATA_BUF, 4096);
+        puts("readloop ");
+        put_dec(i);
+        puts(" status=");
+        put_dec(st);
+        putc('\n');
+        if (st) exit_status(0);
+    }
+    exit_status(3);
+}
+
 static void action_read(void) {
     struct disk *d = get_disk(param_num("disk=", 0));
     u64 total = size_param();
@@ -898,7 +935,8 @@ void blk_main(u32 boot, u64 info) {
     if (!action) action = "";
     if (word_is(action, "hello")) exit_status(0); /* one line, then exit: VMM overhead */
     int known = word_is(action, "info") || word_is(action, "write") || word_is(action, "read") ||
-                word_is(action, "bench") || word_is(action, "badreq") || word_is(action, "hostile");
+                word_is(action, "bench") || word_is(action, "badreq") || word_is(action, "hostile") ||
+                word_is(action, "flushloop") || word_is(action, "readloop");
     if (!known) {
         puts("blk: unknown action\n");
         exit_status(99);
@@ -909,6 +947,8 @@ void blk_main(u32 boot, u64 info) {
     if (word_is(action, "read")) action_read();
     if (word_is(action, "bench")) action_bench();
     if (word_is(action, "hostile")) action_hostile();
+    if (word_is(action, "flushloop")) action_flushloop();
+    if (word_is(action, "readloop")) action_readloop();
     action_badreq();
 }
 

@@ -1,0 +1,155 @@
+//! Host-side faults: SIGKILL during a guest's write-and-flush loop loses no write the guest
+//! saw flushed; SIGTERM stops the guest cleanly with status 143 and the same guarantee; an
+//! image that shrinks under a running guest gives it I/O errors, not a VMM crash.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{blk_guest, blk_pattern, ember_bin, require_kvm, sparse_file};
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(ember_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+/// Reads console lines until `stop` says so; returns the lines seen.
+fn read_until(child: &mut Child, mut stop: impl FnMut(&str) -> bool) -> Vec<String> {
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("console");
+        let done = stop(&line);
+        lines.push(line);
+        if done || Instant::now() > deadline {
+            break;
+        }
+    }
+    lines
+}
+
+fn last_flushed(lines: &[String]) -> Option<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("flushed ")?.parse().ok())
+        .last()
+}
+
+fn check_flushed_blocks(image: &std::path::Path, upto: u64) {
+    let data = std::fs::read(image).expect("image");
+    for i in 0..=upto {
+        let block = &data[(i * 4096) as usize..((i + 1) * 4096) as usize];
+        assert!(
+            block == &blk_pattern((i + 1) as u32, 4096)[..],
+            "flushed block {i} is not on disk"
+        );
+    }
+}
+
+fn flush_loop_then(
+    signal: libc::c_int,
+    name: &str,
+) -> (std::process::ExitStatus, u64, std::path::PathBuf) {
+    let img = sparse_file(name, 8 << 20);
+    let kernel = blk_guest().to_str().expect("utf-8").to_string();
+    let mut child = spawn(&[
+        "--kernel",
+        &kernel,
+        "--memory",
+        "64M",
+        "--cmdline",
+        "action=flushloop count=2000",
+        "--disk",
+        img.to_str().expect("utf-8"),
+    ]);
+    let pid = child.id() as i32;
+    let mut signalled = false;
+    let lines = read_until(&mut child, |l| {
+        if !signalled
+            && l.strip_prefix("flushed ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 20)
+        {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, signal) };
+            signalled = true;
+        }
+        false
+    });
+    let status = child.wait().expect("wait");
+    let upto = last_flushed(&lines).expect("the guest flushed");
+    assert!(upto >= 20, "{lines:?}");
+    (status, upto, img)
+}
+
+#[test]
+fn sigkill_loses_no_flushed_write() {
+    if !require_kvm() {
+        return;
+    }
+    let (status, upto, img) = flush_loop_then(libc::SIGKILL, "sigkill.img");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    check_flushed_blocks(&img, upto);
+    let _ = std::fs::remove_file(img);
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_keeps_flushed_writes() {
+    if !require_kvm() {
+        return;
+    }
+    let (status, upto, img) = flush_loop_then(libc::SIGTERM, "sigterm.img");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    check_flushed_blocks(&img, upto);
+    let _ = std::fs::remove_file(img);
+}
+
+#[test]
+fn a_shrinking_image_gives_the_guest_io_errors() {
+    if !require_kvm() {
+        return;
+    }
+    let img = sparse_file("shrink.img", 1 << 20);
+    let kernel = blk_guest().to_str().expect("utf-8").to_string();
+    let mut child = spawn(&[
+        "--kernel",
+        &kernel,
+        "--memory",
+        "64M",
+        "--cmdline",
+        "action=readloop",
+        "--disk",
+        img.to_str().expect("utf-8"),
+    ]);
+    let mut shrunk = false;
+    let path = img.clone();
+    let lines = read_until(&mut child, |l| {
+        if !shrunk && l.starts_with("readloop 5 status=0") {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(0))
+                .expect("shrink");
+            shrunk = true;
+        }
+        l.contains("status=1")
+    });
+    let status = child.wait().expect("wait");
+    assert!(
+        lines.last().is_some_and(|l| l.ends_with("status=1")),
+        "{lines:?}"
+    );
+    assert_eq!(status.code(), Some(0), "the VM ends normally");
+    let _ = std::fs::remove_file(img);
+}
