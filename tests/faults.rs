@@ -39,8 +39,8 @@ fn read_until(child: &mut Child, mut stop: impl FnMut(&str) -> bool) -> Vec<Stri
 fn last_flushed(lines: &[String]) -> Option<u64> {
     lines
         .iter()
-        .filter_map(|l| l.strip_prefix("flushed ")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("flushed ")?.parse().ok())
 }
 
 fn check_flushed_blocks(image: &std::path::Path, upto: u64) {
