@@ -38,15 +38,14 @@ pub enum BootError {
     #[error("Cannot read kernel image {0}")]
     ReadKernel(PathBuf, #[source] std::io::Error),
     /// linux-loader rejected the image.
-    #[error("{path} is not a loadable kernel ({kind})")]
+    #[error("{path} is not a loadable kernel ({kind}): {reason}")]
     BadKernel {
         /// The kernel path.
         path: PathBuf,
         /// What it looked like.
         kind: &'static str,
-        /// Why loading failed.
-        #[source]
-        source: linux_loader::loader::Error,
+        /// Why loading failed: linux-loader's innermost message.
+        reason: String,
     },
     /// The initramfs cannot be read.
     #[error("Cannot read initramfs {0}")]
@@ -110,10 +109,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
     let himem = Some(GuestAddress(HIMEM_START));
     if n == 4 && magic == *b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut file, himem).map_err(|source| BootError::BadKernel {
+        let r = Elf::load(mem, None, &mut file, himem).map_err(|e| BootError::BadKernel {
             path: path.to_path_buf(),
             kind: "ELF",
-            source,
+            reason: innermost(&e),
         })?;
         let (protocol, entry) = match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr.0),
@@ -129,10 +128,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         })
     } else {
         let r =
-            BzImage::load(mem, None, &mut file, himem).map_err(|source| BootError::BadKernel {
+            BzImage::load(mem, None, &mut file, himem).map_err(|e| BootError::BadKernel {
                 path: path.to_path_buf(),
                 kind: "not ELF, tried bzImage",
-                source,
+                reason: innermost(&e),
             })?;
         let header = r.setup_header.unwrap_or_default();
         let version = header.version;
@@ -155,6 +154,15 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             initrd_addr_max,
         })
     }
+}
+
+/// The innermost message of a linux-loader error (its outer ones repeat it).
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string().trim_start_matches("Kernel Loader: ").to_string()
 }
 
 /// Copies the initramfs at `path` as high as allowed in low RAM; returns where it went.
