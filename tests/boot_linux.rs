@@ -12,7 +12,7 @@ use common::{
     sparse_file, Run,
 };
 
-const T: Duration = Duration::from_secs(400);
+const T: Duration = Duration::from_secs(900);
 const RUN_INIT: &str = "Run /init as init process";
 
 fn s(p: &std::path::Path) -> &str {
@@ -333,6 +333,8 @@ fn six_concurrent_linux_boots_reach_init() {
                     vmlinux.to_str().expect("utf-8"),
                     "--initrd",
                     initrd.to_str().expect("utf-8"),
+                    "--memory",
+                    "128M",
                 ])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())

@@ -127,12 +127,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             initrd_addr_max: DEFAULT_INITRD_ADDR_MAX,
         })
     } else {
-        let r =
-            BzImage::load(mem, None, &mut file, himem).map_err(|e| BootError::BadKernel {
-                path: path.to_path_buf(),
-                kind: "not ELF, tried bzImage",
-                reason: innermost(&e),
-            })?;
+        let r = BzImage::load(mem, None, &mut file, himem).map_err(|e| BootError::BadKernel {
+            path: path.to_path_buf(),
+            kind: "not ELF, tried bzImage",
+            reason: innermost(&e),
+        })?;
         let header = r.setup_header.unwrap_or_default();
         let version = header.version;
         let cmdline_max = if version >= 0x206 {
@@ -162,7 +161,9 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string().trim_start_matches("Kernel Loader: ").to_string()
+    cur.to_string()
+        .trim_start_matches("Kernel Loader: ")
+        .to_string()
 }
 
 /// Copies the initramfs at `path` as high as allowed in low RAM; returns where it went.

@@ -128,12 +128,16 @@ impl Vcpu {
             );
         }
 
-        fd.set_regs(&boot_regs(boot.protocol, boot.entry))
-            .map_err(cfg("registers"))?;
-        let mut sregs = fd.get_sregs().map_err(cfg("special registers"))?;
-        configure_sregs(&mut sregs, boot.protocol);
-        fd.set_sregs(&sregs).map_err(cfg("special registers"))?;
-        fd.set_fpu(&boot_fpu()).map_err(cfg("FPU"))?;
+        // Only the boot processor starts at the entry point. The others keep KVM's reset
+        // state and wait for INIT/SIPI from the guest (Intel SDM vol. 3A §9.4), as on a PC.
+        if id == 0 {
+            fd.set_regs(&boot_regs(boot.protocol, boot.entry))
+                .map_err(cfg("registers"))?;
+            let mut sregs = fd.get_sregs().map_err(cfg("special registers"))?;
+            configure_sregs(&mut sregs, boot.protocol);
+            fd.set_sregs(&sregs).map_err(cfg("special registers"))?;
+            fd.set_fpu(&boot_fpu()).map_err(cfg("FPU"))?;
+        }
         let mut lapic = fd.get_lapic().map_err(cfg("LAPIC"))?;
         set_lint(&mut lapic);
         fd.set_lapic(&lapic).map_err(cfg("LAPIC"))?;

@@ -69,6 +69,8 @@ pub struct CpuidParams {
 }
 
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const AMD_CMP_LEGACY: u32 = 1 << 1;
+const AMD_TOPOEXT: u32 = 1 << 22;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 
 fn ceil_log2(n: u32) -> u32 {
@@ -142,6 +144,24 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                 }
             }
             HYPERVISOR_LEAF => e.eax = e.eax.max(TIMING_LEAF),
+            // AMD: package topology is NC (cores - 1) and ApicIdCoreIdSize in 0x80000008 ECX;
+            // the extended topology leaf 0x8000001e (TOPOEXT) is hidden rather than faked, and
+            // CmpLegacy tells the guest the logical processors are cores, not threads.
+            0x8000_0001 => {
+                e.ecx &= !AMD_TOPOEXT;
+                if count > 1 {
+                    e.ecx |= AMD_CMP_LEGACY;
+                } else {
+                    e.ecx &= !AMD_CMP_LEGACY;
+                }
+            }
+            0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | ((count - 1) & 0xff),
+            0x8000_001e => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
             0xd if p.pvm_compat => {
                 e.eax = 0;
                 e.ebx = 0;
@@ -151,6 +171,7 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
             _ => {}
         }
         if p.pvm_compat {
+            restrict_to_kvm64(e);
             for &(leaf, sub, reg, bit) in PVM_HIDDEN {
                 if e.function == leaf && sub.is_none_or(|s| s == e.index) {
                     match reg {
@@ -162,6 +183,78 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
         }
     }
 }
+
+/// Leaf 1 EDX features of QEMU's `kvm64` model: FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP
+/// MTRR PGE MCA CMOV PAT PSE36 CLFLUSH MMX FXSR SSE SSE2.
+const KVM64_LEAF1_EDX: u32 =
+    0x07cb_fbff & !(1 << 10) & !(1 << 18) & !(1 << 20) & !(1 << 21) & !(1 << 22);
+/// Leaf 1 ECX: SSE3, x2APIC and the hypervisor bit.
+const KVM64_LEAF1_ECX: u32 = (1 << 0) | (1 << 21) | LEAF1_ECX_HYPERVISOR;
+/// 0x8000_0001 EDX: SYSCALL, NX, LM (and the leaf-1 copies AMD keeps there).
+const KVM64_EXT_EDX: u32 = (1 << 11) | (1 << 20) | (1 << 29) | (KVM64_LEAF1_EDX & 0x0183_f3ff);
+/// 0x8000_0001 ECX: LAHF/SAHF in long mode and CmpLegacy.
+const KVM64_EXT_ECX: u32 = (1 << 0) | AMD_CMP_LEGACY;
+
+/// The PVM compatibility model proper: the feature set of QEMU's `kvm64` CPU (the model
+/// kvm-pvm guests were seen to boot with, SMP included), keeping the host's vendor, family and
+/// the topology set above. Newer features (leaf 7, XSAVE, PMU, speculation controls, invariant
+/// TSC) and leaves beyond kvm64's (basic 0xd, extended 0x8000_0008: no 0xb/0x1f topology, no
+/// AMD 0x8000_001d..) are hidden: with them a 6.1 guest hung bringing up secondary CPUs on
+/// kvm-pvm, under Ember and QEMU alike, while QEMU's kvm64 model booted.
+fn restrict_to_kvm64(e: &mut kvm_cpuid_entry2) {
+    let beyond_basic = (0xe..HYPERVISOR_LEAF).contains(&e.function);
+    let beyond_ext = e.function > 0x8000_0008 && e.function < 0xc000_0000;
+    if beyond_basic || beyond_ext {
+        e.eax = 0;
+        e.ebx = 0;
+        e.ecx = 0;
+        e.edx = 0;
+        return;
+    }
+    match e.function {
+        // Highest basic and extended leaves as kvm64 has them.
+        0x0 => e.eax = e.eax.min(0xd),
+        0x8000_0000 => e.eax = e.eax.min(0x8000_0008),
+        0xb => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+        }
+        0x1 => {
+            e.edx &= KVM64_LEAF1_EDX;
+            e.ecx &= KVM64_LEAF1_ECX;
+        }
+        0x6 | 0xa | 0xd | 0x14 | 0x8000_0007 => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        0x7 => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        0x8000_0001 => {
+            e.edx &= KVM64_EXT_EDX;
+            e.ecx &= KVM64_EXT_ECX;
+        }
+        0x8000_0008 => e.ebx = 0,
+        // KVM paravirt features as QEMU enables them by default: kvmclock (both MSR sets and
+        // the stable bit), no I/O delay, async page faults, steal time, PV EOI. Not the
+        // hypercall-based ones (PV IPIs, PV TLB flush, PV sched yield, PV unhalt): with PV
+        // IPIs a guest on kvm-pvm never brought its secondary CPUs up.
+        KVM_FEATURES_LEAF => e.eax &= KVM_FEATURES_QEMU_DEFAULT,
+        _ => {}
+    }
+}
+
+/// KVM's paravirt feature leaf.
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+/// CLOCKSOURCE, NOP_IO_DELAY, CLOCKSOURCE2, ASYNC_PF, STEAL_TIME, PV_EOI, CLOCKSOURCE_STABLE_BIT.
+const KVM_FEATURES_QEMU_DEFAULT: u32 =
+    (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 24);
 
 #[cfg(test)]
 mod tests {
@@ -186,6 +279,10 @@ mod tests {
             entry(0xb, 0),
             entry(0xb, 1),
             entry(0xd, 0),
+            entry(0x8000_0001, 0),
+            entry(0x8000_0008, 0),
+            entry(0x8000_001e, 0),
+            entry(KVM_FEATURES_LEAF, 0),
         ]
     }
 
@@ -205,6 +302,11 @@ mod tests {
         assert_ne!(e[0].ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!((e[2].edx, e[3].edx), (3, 3));
         assert_eq!((e[3].eax, e[3].ebx), (2, 4));
+        // AMD: four cores in one package, no TOPOEXT.
+        assert_eq!(e[6].ecx & 0xf0ff, (2 << 12) | 3);
+        assert_eq!(e[5].ecx & AMD_TOPOEXT, 0);
+        assert_ne!(e[5].ecx & AMD_CMP_LEGACY, 0);
+        assert_eq!(e[7].eax | e[7].ebx | e[7].ecx, 0);
         // Without the compatibility model nothing is hidden.
         assert_eq!(e[1].ebx, 0xffff_ffff);
         assert_ne!(e[0].ecx & (1 << 13), 0);
@@ -226,6 +328,12 @@ mod tests {
         assert_eq!(e[0].ecx & (1 << 26), 0, "XSAVE");
         assert_eq!(e[1].ebx & (1 << 20), 0, "SMAP");
         assert_eq!(e[4].eax, 0, "XSAVE leaf");
+        assert_eq!(e[1].ebx | e[1].ecx | e[1].edx, 0, "no leaf-7 features");
+        assert_eq!(e[0].edx & !KVM64_LEAF1_EDX, 0);
+        assert_eq!(
+            e[8].eax, KVM_FEATURES_QEMU_DEFAULT,
+            "no hypercall-based PV features"
+        );
         assert_eq!(e[0].edx & LEAF1_EDX_HTT, 0);
     }
 
