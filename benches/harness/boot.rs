@@ -43,7 +43,7 @@ fn ratio(e: Option<f64>, q: Option<f64>) -> Value {
 fn sample_json(s: &Sample, phases: Option<&[(String, f64)]>) -> Value {
     json!({
         "to_marker_ms": s.to_marker_ms,
-        "to_exit_ms": s.to_exit_ms,
+        "to_exit_ms": s.to_exit_ms.is_finite().then_some(s.to_exit_ms),
         "exit_code": s.code,
         "peak_rss_kib": s.peak_rss_kib,
         "guest_rss_kib": s.guest_rss_kib,
@@ -151,7 +151,12 @@ pub fn run(opts: &Options) -> Value {
     }
 
     let marker = |v: &[Sample]| v.iter().filter_map(|s| s.to_marker_ms).collect::<Vec<_>>();
-    let exit = |v: &[Sample]| v.iter().map(|s| s.to_exit_ms).collect::<Vec<_>>();
+    let exit = |v: &[Sample]| {
+        v.iter()
+            .map(|s| s.to_exit_ms)
+            .filter(|t| t.is_finite())
+            .collect::<Vec<_>>()
+    };
     let overhead = |v: &[Sample]| {
         v.iter()
             .filter_map(|s| s.overhead_kib().map(|k| k as f64))

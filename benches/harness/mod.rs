@@ -261,6 +261,19 @@ pub fn timed_run(
     guest_mib: u64,
     timeout: Duration,
 ) -> Sample {
+    timed_run_until(program, args, marker, None, guest_mib, timeout)
+}
+
+/// Like [`timed_run`], but kills the process once `end` appears on the console (for a VMM that
+/// cannot end the VM by itself there); `to_exit_ms` is then NaN.
+pub fn timed_run_until(
+    program: &str,
+    args: &[String],
+    marker: Option<&str>,
+    end: Option<&str>,
+    guest_mib: u64,
+    timeout: Duration,
+) -> Sample {
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -273,6 +286,8 @@ pub fn timed_run(
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
+    let (end_tx, end_rx) = mpsc::channel::<()>();
+    let end_owned = end.map(str::to_string);
     let marker_owned = marker.map(str::to_string);
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -283,6 +298,12 @@ pub fn timed_run(
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     all.extend_from_slice(&buf[..n]);
+                    if let Some(e) = &end_owned {
+                        let window = &all[all.len().saturating_sub(n + e.len())..];
+                        if window.windows(e.len()).any(|w| w == e.as_bytes()) {
+                            let _ = end_tx.send(());
+                        }
+                    }
                     if !seen {
                         if let Some(m) = &marker_owned {
                             let window = &all[all.len().saturating_sub(n + m.len())..];
@@ -305,9 +326,18 @@ pub fn timed_run(
         let _ = err.read_to_end(&mut s);
         s
     });
+    let mut ended_by_us = false;
     let code = loop {
         if let Some(st) = child.try_wait().expect("wait") {
             break st.code();
+        }
+        if end_rx.try_recv().is_ok() {
+            // Give the guest a moment to finish what it prints, then end it.
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = child.kill();
+            let _ = child.wait();
+            ended_by_us = true;
+            break None;
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
@@ -316,7 +346,11 @@ pub fn timed_run(
         }
         std::thread::sleep(Duration::from_micros(200));
     };
-    let to_exit_ms = start.elapsed().as_secs_f64() * 1e3;
+    let to_exit_ms = if ended_by_us {
+        f64::NAN
+    } else {
+        start.elapsed().as_secs_f64() * 1e3
+    };
     let stdout = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().expect("reader")).into_owned();
     let (to_marker_ms, peak_rss_kib, guest_rss_kib) = match rx.try_recv() {
