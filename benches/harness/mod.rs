@@ -111,51 +111,36 @@ pub fn guest_cmdline() -> String {
     }
 }
 
-/// QEMU's `-cpu`: the host CPU, on a PVM host without the features Ember's compatibility
-/// model hides (QEMU's names for the same CPUID bits).
+/// QEMU's `-cpu`: the host CPU, or on a PVM host the model Ember's compatibility mode gives
+/// (`arch::x86_64::cpuid`: kvm64's features with the host's family, without CX16/POPCNT, and
+/// QEMU's default KVM paravirt features, which are the ones Ember keeps).
 pub fn qemu_cpu() -> String {
     if host_is_pvm() {
-        let hidden = [
-            "pclmulqdq",
-            "ssse3",
-            "fma",
-            "cx16",
-            "pcid",
-            "sse4.1",
-            "sse4.2",
-            "movbe",
-            "popcnt",
-            "aes",
-            "xsave",
-            "avx",
-            "f16c",
-            "rdrand",
-            "fsgsbase",
-            "bmi1",
-            "avx2",
-            "smep",
-            "bmi2",
-            "invpcid",
-            "avx512f",
-            "rdseed",
-            "adx",
-            "smap",
-            "clflushopt",
-            "clwb",
-            "umip",
-            "pku",
-            "rdpid",
-            "abm",
-        ];
-        let mut s = String::from("host,-arch-capabilities");
-        for h in hidden {
-            s.push_str(",-");
-            s.push_str(h);
+        let mut s = String::from("kvm64,-cx16,-popcnt");
+        if let Some((family, model, stepping)) = host_signature() {
+            s.push_str(&format!(
+                ",family={family},model={model},stepping={stepping}"
+            ));
         }
         s
     } else {
         "host".to_string()
     }
+}
+
+/// The host CPU's family, model and stepping from /proc/cpuinfo.
+fn host_signature() -> Option<(u32, u32, u32)> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let field = |k: &str| -> Option<u32> {
+        info.lines()
+            .find(|l| l.starts_with(k) && l[k.len()..].trim_start().starts_with(':'))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("cpu family")?, field("model")?, field("stepping")?))
 }
 
 /// QEMU microvm arguments for `kernel`, `initrd`, `cmdline` and `mem_mib`.
