@@ -3,6 +3,9 @@
 //! statistics, JSON results and SVG plots under `target/ember-bench/`.
 #![allow(dead_code)]
 
+#[path = "../../tests/guests/cflags.rs"]
+mod cflags;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,21 +64,7 @@ pub fn build_guest(name: &str, ld: &str) -> PathBuf {
     let dir = repo_root().join("tests/guests");
     let out = out_dir().join(format!("{name}.elf"));
     let status = Command::new("gcc")
-        .args([
-            "-O2",
-            "-m64",
-            "-ffreestanding",
-            "-fno-pic",
-            "-no-pie",
-            "-nostdlib",
-            "-static",
-            "-mgeneral-regs-only",
-            "-mno-red-zone",
-            "-fno-stack-protector",
-            "-fno-asynchronous-unwind-tables",
-            "-Wl,--build-id=none",
-            "-Wl,--no-warn-rwx-segments",
-        ])
+        .args(cflags::GUEST_CFLAGS)
         .arg(format!("-Wl,-T,{}", dir.join(ld).display()))
         .arg("-o")
         .arg(&out)

@@ -2,6 +2,9 @@
 //! running `ember` with a timeout and capturing what it prints.
 #![allow(dead_code)]
 
+#[path = "../guests/cflags.rs"]
+mod cflags;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -53,23 +56,7 @@ pub fn build_guest_with(name: &str, ld: &str) -> PathBuf {
     let out = out_dir().join(format!("{name}.elf"));
     let tmp = out_dir().join(format!("{name}.elf.{}", std::process::id()));
     let status = Command::new("gcc")
-        .args([
-            "-O2",
-            "-m64",
-            "-ffreestanding",
-            "-fno-pic",
-            "-no-pie",
-            "-nostdlib",
-            "-static",
-            "-mgeneral-regs-only",
-            "-mno-red-zone",
-            "-fno-stack-protector",
-            "-fno-asynchronous-unwind-tables",
-            "-Wall",
-            "-Werror",
-            "-Wl,--build-id=none",
-            "-Wl,--no-warn-rwx-segments",
-        ])
+        .args(cflags::GUEST_CFLAGS)
         .arg(format!("-Wl,-T,{}", ld.display()))
         .arg("-o")
         .arg(&tmp)
