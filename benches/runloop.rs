@@ -32,9 +32,8 @@ fn ember_run(kernel: &std::path::Path, action: &str) -> f64 {
 
 fn bare_run(kernel: &std::path::Path, action: &str) -> f64 {
     use vmm::boot::{load_kernel, write_boot_structures};
-    let vm = vmm::kvm_vm::KvmVm::new().expect("vm");
     let mem = vmm::memory::create_guest_memory(32 << 20).expect("memory");
-    vm.register_memory(&mem).expect("slots");
+    let vm = vmm::kvm_vm::KvmVm::new(&mem).expect("vm");
     let k = load_kernel(&mem, kernel).expect("kernel");
     write_boot_structures(&mem, 32 << 20, 1, &k, action, None).expect("boot structures");
     let boot = vmm::vcpu::VcpuBootConfig {

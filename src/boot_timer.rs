@@ -10,7 +10,7 @@ pub fn phases(
     process_start: Instant,
     t: &Timestamps,
 ) -> (Vec<(&'static str, Instant)>, Vec<&'static str>) {
-    let all: [(&'static str, Option<Instant>); 10] = [
+    let all: [(&'static str, Option<Instant>); 11] = [
         ("process start", Some(process_start)),
         ("configuration validated", Some(t.config_validated)),
         ("guest memory ready", Some(t.memory_ready)),
@@ -19,6 +19,7 @@ pub fn phases(
         ("first console output", t.first_output),
         ("console marker", t.console_marker),
         ("boot-timer signal", t.boot_timer),
+        ("stop requested", t.stop_requested),
         ("VM exit", Some(t.exit)),
         ("", None),
     ];

@@ -52,6 +52,10 @@ struct Cli {
     /// seccomp-bpf filters on every thread: on, or off for debugging (with a warning).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     seccomp: OnOff,
+    /// Guest memory backing: transparent huge pages (on) or 4 KiB pages (off); both are
+    /// populated as the guest touches them. Default: the faster on the boot benchmark.
+    #[arg(long, value_enum, default_value_t = if vmm::DEFAULT_THP { OnOff::On } else { OnOff::Off })]
+    thp: OnOff,
     /// Time the boot: print when each phase happened (process start, configuration, memory,
     /// kernel, first KVM_RUN, first console output, console marker, boot-timer signal, exit)
     /// to stderr when the VM ends.
@@ -170,6 +174,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
             OnOff::On => vmm::seccomp::SeccompMode::On,
             OnOff::Off => vmm::seccomp::SeccompMode::Off,
         },
+        thp: cli.thp == OnOff::On,
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,

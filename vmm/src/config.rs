@@ -173,6 +173,18 @@ pub struct VmConfig {
     /// seccomp filters on the VM's threads ([`crate::seccomp`]).
     #[serde(default)]
     pub seccomp: crate::seccomp::SeccompMode,
+    /// Back guest memory with transparent huge pages (`madvise(MADV_HUGEPAGE)`); otherwise
+    /// with 4 KiB pages. Both are populated lazily, as the guest touches its memory.
+    #[serde(default = "default_thp")]
+    pub thp: bool,
+}
+
+/// Whether guest memory uses transparent huge pages unless configured otherwise; chosen by
+/// measurement (see the README's "Benchmarking").
+pub const DEFAULT_THP: bool = false;
+
+fn default_thp() -> bool {
+    DEFAULT_THP
 }
 
 fn default_memory() -> u64 {
@@ -210,6 +222,7 @@ impl VmConfig {
             command: None,
             console_marker: None,
             seccomp: crate::seccomp::SeccompMode::On,
+            thp: DEFAULT_THP,
         }
     }
 
@@ -305,6 +318,12 @@ impl VmConfigBuilder {
     /// Sets the number of vCPUs.
     pub fn vcpus(mut self, n: u8) -> Self {
         self.0.vcpus = n;
+        self
+    }
+
+    /// Backs guest memory with transparent huge pages (`true`) or 4 KiB pages.
+    pub fn thp(mut self, on: bool) -> Self {
+        self.0.thp = on;
         self
     }
 

@@ -23,6 +23,8 @@ pub struct VmControl {
     pub marker: OnceLock<Instant>,
     /// The boot-timer signal (shared with the device).
     pub boot_timer: std::sync::Arc<OnceLock<Instant>>,
+    /// The first exit request: the guest stopped (or was stopped); what follows is teardown.
+    pub stop_requested: OnceLock<Instant>,
 }
 
 impl VmControl {
@@ -36,6 +38,7 @@ impl VmControl {
             first_output: OnceLock::new(),
             marker: OnceLock::new(),
             boot_timer: std::sync::Arc::new(OnceLock::new()),
+            stop_requested: OnceLock::new(),
         })
     }
 
@@ -47,6 +50,7 @@ impl VmControl {
 
     /// Ends the VM with `reason` unless another reason came first.
     pub fn request_exit(&self, reason: ExitReason) {
+        let _ = self.stop_requested.set(Instant::now());
         {
             let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
             if r.is_none() {

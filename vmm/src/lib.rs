@@ -27,7 +27,8 @@ pub mod vm;
 
 pub use arch::x86_64::cpuid::PVM_GUEST_CMDLINE;
 pub use config::{
-    parse_memory_size, ConfigError, DiskConfig, PvmMode, VmConfig, VmConfigBuilder, DEFAULT_CMDLINE,
+    parse_memory_size, ConfigError, DiskConfig, PvmMode, VmConfig, VmConfigBuilder,
+    DEFAULT_CMDLINE, DEFAULT_THP,
 };
 pub use console::{Capture, Console, ConsoleInput, ConsoleOutput};
 pub use exit::ExitReason;

@@ -1,7 +1,8 @@
 //! Guest RAM: anonymous private mappings (vm-memory's `GuestMemoryMmap`), one per RAM region
-//! of the x86_64 layout, populated lazily by the host kernel as the guest touches them.
+//! of the x86_64 layout, populated lazily by the host kernel as the guest touches them, and
+//! optionally backed by transparent huge pages (`madvise(MADV_HUGEPAGE)`).
 
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Guest memory as Ember uses it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -15,6 +16,33 @@ pub enum MemoryError {
     /// A region does not fit the host's address space.
     #[error("Guest memory region of {0} bytes is too large for this host")]
     TooLarge(u64),
+    /// `madvise(MADV_HUGEPAGE)` was refused (a host kernel without transparent huge pages).
+    #[error("Cannot back guest memory with transparent huge pages (--thp off avoids this)")]
+    HugePages(#[source] std::io::Error),
+}
+
+/// The size of a transparent huge page on x86_64.
+pub const HUGE_PAGE: u64 = 2 << 20;
+
+/// Asks the host kernel to back every region of `mem` with transparent huge pages as the guest
+/// touches it. Returns how many regions start on a 2 MiB boundary in the host's address space:
+/// only those can also be mapped into the guest with 2 MiB pages (the guest's RAM regions are
+/// 2 MiB aligned; host kernels since 6.7 align large anonymous mappings themselves).
+pub fn use_transparent_huge_pages(mem: &GuestMemoryMmap) -> Result<usize, MemoryError> {
+    let mut aligned = 0;
+    for region in mem.iter() {
+        let host = region.as_ptr();
+        // SAFETY: `host` and `len` are exactly one mapping owned by `mem`; MADV_HUGEPAGE only
+        // changes how the kernel backs it, never its contents or its validity.
+        let r = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        if r != 0 {
+            return Err(MemoryError::HugePages(std::io::Error::last_os_error()));
+        }
+        if (host as u64).is_multiple_of(HUGE_PAGE) {
+            aligned += 1;
+        }
+    }
+    Ok(aligned)
 }
 
 /// Maps `size` bytes of guest RAM laid out as `arch::x86_64::memory::ram_regions` says.
@@ -50,5 +78,42 @@ mod tests {
         );
         big.write_obj(1u8, GuestAddress((6u64 << 30) - 1))
             .expect("top of high RAM");
+    }
+
+    fn smaps_flag(addr: usize, flag: &str) -> bool {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut in_region = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        in_region = (a..b).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if in_region && line.starts_with("VmFlags:") {
+                return line.split_whitespace().any(|f| f == flag);
+            }
+        }
+        panic!("no mapping at {addr:#x}");
+    }
+
+    #[test]
+    fn huge_pages_are_advised_per_region() {
+        let m = create_guest_memory(5 << 30).expect("map lazily");
+        let hosts: Vec<usize> = m.iter().map(|r| r.as_ptr() as usize).collect();
+        assert!(
+            hosts.iter().all(|&h| !smaps_flag(h, "hg")),
+            "not advised yet"
+        );
+        let aligned = use_transparent_huge_pages(&m).expect("madvise");
+        assert!(aligned <= 2);
+        assert!(
+            hosts.iter().all(|&h| smaps_flag(h, "hg")),
+            "MADV_HUGEPAGE on both regions"
+        );
     }
 }

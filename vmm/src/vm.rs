@@ -17,7 +17,7 @@ use crate::device_manager::{create_block_devices, create_boot_timer, create_lega
 use crate::event_loop::{create_manager, run_until_stop, stop_vcpus};
 use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
-use crate::memory::create_guest_memory;
+use crate::memory::{create_guest_memory, use_transparent_huge_pages};
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuBootConfig};
 use crate::Error;
 
@@ -40,7 +40,11 @@ pub struct Timestamps {
     pub console_marker: Option<Instant>,
     /// The guest's boot-timer signal (byte 123 at guest-physical 0xC000_0000).
     pub boot_timer: Option<Instant>,
-    /// The VM ended (every vCPU joined).
+    /// The VM was asked to stop: by the guest (reset, power-off, exit status, a fault) or by
+    /// the host (stop, kill, a signal). From here to [`Self::exit`] is teardown, most of it
+    /// the host kernel destroying the KVM VM.
+    pub stop_requested: Option<Instant>,
+    /// The VM ended: every vCPU joined and the VM, its devices and its memory released.
     pub exit: Instant,
 }
 
@@ -76,9 +80,17 @@ impl Vm {
         install_kick_handler().map_err(|e| Error::Signal(e.errno()))?;
 
         let pvm_compat = crate::pvm::use_compat(config.pvm);
-        let vm = KvmVm::new()?;
         let mem = create_guest_memory(config.memory)?;
-        vm.register_memory(&mem)?;
+        if config.thp {
+            let aligned = use_transparent_huge_pages(&mem)?;
+            if aligned < vm_memory::GuestMemoryBackend::num_regions(&mem) {
+                log::warn!(
+                    "guest memory is not 2 MiB aligned on the host: huge pages are used for \
+                     host memory only, not for the guest's mappings"
+                );
+            }
+        }
+        let vm = KvmVm::new(&mem)?;
         let memory_ready = Instant::now();
 
         let kernel = load_kernel(&mem, &config.kernel)?;
@@ -173,6 +185,7 @@ impl Vm {
                     first_output: ctl.first_output.get().copied(),
                     console_marker: ctl.marker.get().copied(),
                     boot_timer: ctl.boot_timer.get().copied(),
+                    stop_requested: ctl.stop_requested.get().copied(),
                     exit: Instant::now(),
                 };
                 let reason = ctl.reason().unwrap_or(ExitReason::Stopped);
