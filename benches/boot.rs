@@ -1,6 +1,7 @@
 //! `cargo bench --bench boot`: Ember against QEMU microvm on the same kernel, initramfs and
 //! guest options, interleaved. Environment: `EMBER_BENCH_N` (Linux boots per VMM, default
-//! 10), `EMBER_BENCH_TINY_N` (tiny-guest runs, default 20), `EMBER_BENCH_NO_QEMU=1`.
+//! 10), `EMBER_BENCH_TINY_N` (tiny-guest runs, default 20), `EMBER_BENCH_NO_QEMU=1`,
+//! `EMBER_BENCH_NO_BACKING=1` (skip the Linux boots with the other guest-memory backing).
 //! Results: a table on stdout, JSON and an SVG plot under target/ember-bench/.
 
 #[path = "harness/boot.rs"]
@@ -26,6 +27,7 @@ fn main() {
         boots: env_n("EMBER_BENCH_N", 10),
         overhead_runs: env_n("EMBER_BENCH_TINY_N", 20),
         qemu: std::env::var("EMBER_BENCH_NO_QEMU").is_err(),
+        compare_backing: std::env::var("EMBER_BENCH_NO_BACKING").is_err(),
         timeout: Duration::from_secs(900),
     };
     let v = boot::run(&opts);

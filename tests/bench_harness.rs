@@ -22,6 +22,7 @@ fn boot_benchmark_short_mode_writes_complete_json() {
         boots: 1,
         overhead_runs: 1,
         qemu: true,
+        compare_backing: true,
         timeout: Duration::from_secs(600),
     });
     let path = harness::write_json("boot-short", &v);
@@ -52,6 +53,12 @@ fn boot_benchmark_short_mode_writes_complete_json() {
         &["vmm_overhead", "ember", "startup_to_first_run_ms", "median"],
         &["vmm_overhead", "qemu", "to_exit_ms"],
         &["vmm_overhead", "ratio", "to_exit_median"],
+        &["backing", "default"],
+        &["backing", "other"],
+        &["backing", "default_to_marker_ms", "median"],
+        &["backing", "other_to_marker_ms", "median"],
+        &["backing", "other_samples"],
+        &["backing", "ratio", "other_over_default_to_marker_median"],
         &["memory", "ember_overhead_kib", "median"],
         &["memory", "qemu_overhead_kib"],
         &["memory", "ratio"],

@@ -74,6 +74,7 @@ fn check_boot_timer_table(stderr: &str) {
         "first KVM_RUN",
         "first console output",
         "console marker",
+        "stop requested",
         "VM exit",
     ] {
         assert!(

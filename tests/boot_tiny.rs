@@ -1,4 +1,4 @@
-//! Boots the tiny freestanding test guest (tests/guests/tiny.c) through the `ember` CLI:
+//! Boots the tiny freestanding test guests (tests/guests/tiny.c, hello.S) through the `ember` CLI:
 //! console output, command line, exit reasons, unhandled I/O, console input, signals.
 
 mod common;
@@ -203,4 +203,30 @@ fn sigterm_stops_a_spinning_guest() {
         "took {:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn pvh_hello_guest_prints_and_exits() {
+    // The VMM-overhead benchmark's guest (tests/guests/hello.S): PVH 32-bit entry, no stack,
+    // no paging; what it prints and its exit status are all the benchmark relies on.
+    if !require_kvm() {
+        return;
+    }
+    let hello = common::build_guest_with("hello", "pvh.ld");
+    let kernel = hello.to_str().expect("utf-8 path");
+    let r = run_ember(
+        &["--kernel", kernel, "--memory", "32M", "--boot-timer"],
+        b"",
+        T,
+    );
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(r.stdout, "hello\n");
+    for phase in [
+        "first KVM_RUN",
+        "first console output",
+        "stop requested",
+        "VM exit",
+    ] {
+        assert!(r.stderr.contains(phase), "{phase}: {r:?}");
+    }
 }

@@ -21,6 +21,9 @@ pub struct Options {
     pub overhead_runs: usize,
     /// Run QEMU too (when installed).
     pub qemu: bool,
+    /// Also boot Ember with the other guest-memory backing (transparent huge pages against
+    /// 4 KiB pages, `--thp`), interleaved, to check the default.
+    pub compare_backing: bool,
     /// Per-boot timeout.
     pub timeout: Duration,
 }
@@ -84,8 +87,14 @@ pub fn run(opts: &Options) -> Value {
     .collect();
     let q_args = qemu_args(&vmlinux, Some(&initrd), &cmdline, GUEST_MIB);
 
+    // The other memory backing than the default, for the backing comparison.
+    let other_thp = if vmm::DEFAULT_THP { "off" } else { "on" };
+    let mut other_args = ember_args.clone();
+    other_args.extend(["--thp".to_string(), other_thp.to_string()]);
+
     let mut ember = Vec::new();
     let mut ember_phases: Vec<Vec<(String, f64)>> = Vec::new();
+    let mut other_backing = Vec::new();
     let mut qemu_samples = Vec::new();
     for i in 0..opts.boots {
         eprintln!("bench: Linux boot {}/{} (Ember)", i + 1, opts.boots);
@@ -98,6 +107,20 @@ pub fn run(opts: &Options) -> Value {
         );
         ember_phases.push(parse_phases(&s.stderr));
         ember.push(s);
+        if opts.compare_backing {
+            eprintln!(
+                "bench: Linux boot {}/{} (Ember, --thp {other_thp})",
+                i + 1,
+                opts.boots
+            );
+            other_backing.push(timed_run(
+                ember_bin(),
+                &other_args,
+                Some(MARKER),
+                GUEST_MIB,
+                opts.timeout,
+            ));
+        }
         if qemu_skipped.is_none() {
             eprintln!("bench: Linux boot {}/{} (QEMU)", i + 1, opts.boots);
             // microvm has no i8042: after the guest's panic=1 reboot it cannot reset, so on a
@@ -114,22 +137,14 @@ pub fn run(opts: &Options) -> Value {
         }
     }
 
-    // VMM overhead: a guest that prints one line and exits.
-    let tiny = build_guest("blk", "pvh.ld");
+    // VMM overhead: a guest that prints one line and exits (tests/guests/hello.S).
+    let tiny = build_guest("hello", "pvh.ld");
     let tiny_s = tiny.display().to_string();
-    let e_args: Vec<String> = [
-        "--kernel",
-        &tiny_s,
-        "--memory",
-        "64M",
-        "--cmdline",
-        "action=hello",
-        "--boot-timer",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let q_tiny = qemu_args(&tiny, None, "action=hello", 64);
+    let e_args: Vec<String> = ["--kernel", &tiny_s, "--memory", "64M", "--boot-timer"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let q_tiny = qemu_args(&tiny, None, "", 64);
     let (mut e_tiny, mut q_tiny_s, mut startup) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.overhead_runs {
         let s = timed_run(ember_bin(), &e_args, None, 64, Duration::from_secs(30));
@@ -190,6 +205,8 @@ pub fn run(opts: &Options) -> Value {
         .collect();
 
     let (em, qm) = (marker(&ember), marker(&qemu_samples));
+    let om = marker(&other_backing);
+    let backing_name = |thp: bool| if thp { "thp" } else { "4k" };
     let (ee, qe) = (exit(&ember), exit(&qemu_samples));
     let (eo, qo) = (overhead(&ember), overhead(&qemu_samples));
     json!({
@@ -227,6 +244,15 @@ pub fn run(opts: &Options) -> Value {
             "ember": {"to_exit_ms": stats_json(&e_tiny), "startup_to_first_run_ms": stats_json(&startup), "samples_ms": e_tiny},
             "qemu": {"to_exit_ms": stats_json(&q_tiny_s), "samples_ms": q_tiny_s},
             "ratio": {"to_exit_median": ratio(median(&e_tiny), median(&q_tiny_s))},
+        },
+        "backing": {
+            "compared": opts.compare_backing,
+            "default": backing_name(vmm::DEFAULT_THP),
+            "other": backing_name(!vmm::DEFAULT_THP),
+            "default_to_marker_ms": stats_json(&em),
+            "other_to_marker_ms": stats_json(&om),
+            "other_samples": other_backing.iter().map(|s| sample_json(s, None)).collect::<Vec<_>>(),
+            "ratio": {"other_over_default_to_marker_median": ratio(median(&om), median(&em))},
         },
         "memory": {
             "ember_overhead_kib": stats_json(&eo),
@@ -301,6 +327,26 @@ pub fn table(v: &Value) -> String {
         "MiB",
     ));
     let mut s = out.join("\n");
+    let b = &v["backing"];
+    if b["compared"].as_bool() == Some(true) {
+        let (d, o) = (
+            med(b, &["default_to_marker_ms"]),
+            med(b, &["other_to_marker_ms"]),
+        );
+        let ms = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.0} ms"));
+        s.push_str(&format!(
+            "\n\nGuest memory backing (Ember, Linux spawn to marker, median): {} (default) {}, {} {}; {}/{} {}\n",
+            b["default"].as_str().unwrap_or("?"),
+            ms(d),
+            b["other"].as_str().unwrap_or("?"),
+            ms(o),
+            b["default"].as_str().unwrap_or("?"),
+            b["other"].as_str().unwrap_or("?"),
+            b["ratio"]["other_over_default_to_marker_median"]
+                .as_f64()
+                .map_or("-".to_string(), |r| format!("{:.3}", 1.0 / r)),
+        ));
+    }
     if let Some(phases) = l["ember"]["phases_median_ms"].as_array() {
         s.push_str("\n\nEmber phases (median, ms since process start):\n");
         for p in phases {

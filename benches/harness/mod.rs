@@ -68,7 +68,7 @@ pub fn build_guest(name: &str, ld: &str) -> PathBuf {
         .arg(format!("-Wl,-T,{}", dir.join(ld).display()))
         .arg("-o")
         .arg(&out)
-        .arg(dir.join(format!("{name}.c")))
+        .arg(cflags::guest_source(&dir, name))
         .status()
         .expect("gcc");
     assert!(status.success(), "building {name} failed");

@@ -48,10 +48,10 @@ fn out_dir() -> PathBuf {
     d
 }
 
-/// Compiles `tests/guests/<name>.c` with the system gcc and the linker script
+/// Compiles `tests/guests/<name>.c` (or `.S`) with the system gcc and the linker script
 /// `tests/guests/<ld>` into a freestanding ELF.
 pub fn build_guest_with(name: &str, ld: &str) -> PathBuf {
-    let src = repo_root().join("tests/guests").join(format!("{name}.c"));
+    let src = cflags::guest_source(&repo_root().join("tests/guests"), name);
     let ld = repo_root().join("tests/guests").join(ld);
     let out = out_dir().join(format!("{name}.elf"));
     let tmp = out_dir().join(format!("{name}.elf.{}", std::process::id()));

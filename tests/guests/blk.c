@@ -71,7 +71,6 @@
  *   Status 255 means the device completed a request without writing its status byte.
  * Exit codes (port 0xf4; QEMU's isa-debug-exit turns s into (s<<1)|1): 0 ok, 1 request failed,
  * 2 internal error (printed as "blk: error <what>"), 99 unknown action ("blk: unknown action").
- * action=hello prints only the boot line and exits 0 at once (the VMM-overhead benchmark).
  * action=hostile scribbles over every I/O port, the MMIO gap and every disk's virtio-mmio
  * window and queues (see scribble_device), then per disk resets it, reads sector 0 and prints
  * "hostile: disk<N> good status=<n> fnv1a64=<hex>" (FNV-1a of those 4096 bytes).
@@ -933,7 +932,6 @@ void blk_main(u32 boot, u64 info) {
 
     const char *action = param(cmdline, "action=");
     if (!action) action = "";
-    if (word_is(action, "hello")) exit_status(0); /* one line, then exit: VMM overhead */
     int known = word_is(action, "info") || word_is(action, "write") || word_is(action, "read") ||
                 word_is(action, "bench") || word_is(action, "badreq") || word_is(action, "hostile") ||
                 word_is(action, "flushloop") || word_is(action, "readloop");

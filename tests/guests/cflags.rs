@@ -20,3 +20,14 @@ pub const GUEST_CFLAGS: &[&str] = &[
     "-Wl,--build-id=none",
     "-Wl,--no-warn-rwx-segments",
 ];
+
+/// The source of guest `name` in `dir`: `<name>.c`, or `<name>.S` (assembly through the C
+/// preprocessor) when there is no C file.
+pub fn guest_source(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    if c.exists() {
+        c
+    } else {
+        dir.join(format!("{name}.S"))
+    }
+}
