@@ -8,12 +8,12 @@ use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::x86_64::layout::{
-    BOOT_TIMER, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_KBD_IRQ, I8042_PORT,
-    IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    BOOT_TIMER, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_KBD_IRQ, I8042_PORT, IOAPIC,
+    IOAPIC_SIZE, IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
-use devices::legacy::{BootTimer, ExitPort, Serial, SerialInput, I8042};
+use devices::legacy::{BootTimer, ExitPort, Ioapic, Serial, SerialInput, I8042};
 use devices::virtio::block::{BlockHandler, Disk, DiskError, VirtioBlock};
 use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -22,7 +22,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use crate::config::DiskConfig;
 use crate::console::ConsoleWriter;
-use crate::kvm_vm::KvmVm;
+use crate::kvm_vm::{GsiRouter, KvmVm, VmError};
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::IoBuses;
 
@@ -47,6 +47,9 @@ pub enum DeviceError {
     /// Inserting into a bus failed.
     #[error("Cannot place {0} on the bus")]
     Bus(&'static str, #[source] BusError),
+    /// The I/O APIC's interrupt routing could not be set up.
+    #[error(transparent)]
+    Routing(#[from] VmError),
 }
 
 /// An event-loop subscriber shared with the device it serves.
@@ -62,15 +65,23 @@ pub struct Devices {
     pub i8042: Arc<Mutex<I8042>>,
 }
 
-/// Creates the legacy devices: COM1, the i8042 reset line and the exit port.
+/// Creates the legacy devices: the I/O APIC, COM1, the i8042 reset line and the exit port.
 pub(crate) fn create_legacy_devices(
     vm: &KvmVm,
     exit_sink: SharedExitSink,
     console_out: ConsoleWriter,
     console_in: Option<File>,
+    vcpus: u8,
 ) -> Result<Devices, DeviceError> {
     let mut buses = IoBuses::default();
     let mut subscribers: Vec<Subscriber> = Vec::new();
+
+    // The I/O APIC takes the APIC ID after the vCPUs', as the MP table says.
+    let ioapic = Ioapic::new(vcpus, Box::new(GsiRouter::new(vm.fd.clone())?));
+    buses
+        .mmio
+        .insert(Arc::new(Mutex::new(ioapic)), IOAPIC, IOAPIC_SIZE)
+        .map_err(|e| DeviceError::Bus("the I/O APIC", e))?;
 
     let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("COM1", e))?;
     vm.fd

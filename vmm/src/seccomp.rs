@@ -1,7 +1,7 @@
 //! seccomp-bpf filters (rust-vmm's seccompiler), one allow-list per thread kind, kept as
 //! reviewed data in `vmm/seccomp/x86_64.json`:
-//! - `vcpu`: vCPU threads: `KVM_RUN` and `KVM_GET_REGS` only among ioctls; console and
-//!   eventfd writes; allocation; locks; the kick signal; thread exit.
+//! - `vcpu`: vCPU threads: `KVM_RUN`, `KVM_GET_REGS` and `KVM_SET_GSI_ROUTING` (the I/O APIC) only
+//!   among ioctls; console and eventfd writes; allocation; locks; the kick signal; thread exit.
 //! - `vmm`: the event-loop thread: epoll, eventfd and console reads and writes, virtio-blk
 //!   I/O (`preadv`, `pwritev`, `fdatasync`), `tgkill` to kick vCPUs, teardown.
 //! - `main`: the `ember` CLI's own threads once the VM runs (waiting, terminal restore).

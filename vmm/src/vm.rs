@@ -114,6 +114,7 @@ impl Vm {
             ConsoleWriter::new(console.output)
                 .with_timing(control.clone(), config.console_marker.as_deref()),
             console_in,
+            config.vcpus,
         )?;
 
         create_boot_timer(&control, &mut devices)?;

@@ -1,6 +1,9 @@
 //! Per-vCPU CPUID (Intel SDM vol. 2A "CPUID"): the host's supported set from
 //! `KVM_GET_SUPPORTED_CPUID`, with each vCPU's APIC ID and the package topology (leaves 0x1,
-//! 0x4, 0xb, 0x1f) filled in and the hypervisor bit set.
+//! 0x4, 0xb, 0x1f) filled in and the hypervisor bit set. The local APIC's TSC-deadline mode and
+//! ARAT (an APIC timer that keeps running in deep C-states) are always announced: KVM emulates
+//! both, and with them a guest needs no PIT (Ember has none), as Linux's `apic_needs_pit()`
+//! decides.
 //!
 //! It also holds the *PVM compatibility CPU model*: on hosts whose KVM runs guest kernels under
 //! an instruction emulator (kvm-pvm), the features whose instructions that emulator lacks are
@@ -69,6 +72,8 @@ pub struct CpuidParams {
 }
 
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
 const AMD_CMP_LEGACY: u32 = 1 << 1;
 const AMD_TOPOEXT: u32 = 1 << 22;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
@@ -180,6 +185,11 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                     }
                 }
             }
+        }
+        match e.function {
+            0x1 => e.ecx |= LEAF1_ECX_TSC_DEADLINE,
+            0x6 => e.eax |= LEAF6_EAX_ARAT,
+            _ => {}
         }
     }
 }
@@ -310,6 +320,36 @@ mod tests {
         // Without the compatibility model nothing is hidden.
         assert_eq!(e[1].ebx, 0xffff_ffff);
         assert_ne!(e[0].ecx & (1 << 13), 0);
+    }
+
+    #[test]
+    fn apic_timer_features_in_both_models() {
+        for pvm_compat in [false, true] {
+            let mut e = vec![
+                kvm_cpuid_entry2 {
+                    function: 1,
+                    ..Default::default()
+                },
+                kvm_cpuid_entry2 {
+                    function: 6,
+                    ..Default::default()
+                },
+            ];
+            filter_cpuid(
+                &mut e,
+                CpuidParams {
+                    vcpu_id: 0,
+                    vcpu_count: 1,
+                    pvm_compat,
+                },
+            );
+            assert_ne!(
+                e[0].ecx & LEAF1_ECX_TSC_DEADLINE,
+                0,
+                "TSC deadline, pvm={pvm_compat}"
+            );
+            assert_eq!(e[1].eax, LEAF6_EAX_ARAT, "ARAT only, pvm={pvm_compat}");
+        }
     }
 
     #[test]

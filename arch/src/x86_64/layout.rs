@@ -48,9 +48,11 @@ pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_START: u64 = 0xD000_0000;
 /// Size of one virtio-mmio device window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
-/// IOAPIC MMIO base (the in-kernel irqchip serves it).
+/// IOAPIC MMIO base (served by `devices::legacy::Ioapic`).
 pub const IOAPIC: u64 = 0xFEC0_0000;
-/// LAPIC MMIO base (the in-kernel irqchip serves it).
+/// Size of the IOAPIC's MMIO window.
+pub const IOAPIC_SIZE: u64 = 0x1000;
+/// LAPIC MMIO base (KVM's in-kernel local APICs serve it).
 pub const LAPIC: u64 = 0xFEE0_0000;
 /// KVM's TSS (three pages, needed on Intel before the first `KVM_RUN`).
 pub const KVM_TSS: u64 = 0xFFFB_D000;

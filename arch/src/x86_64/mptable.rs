@@ -92,7 +92,8 @@ pub fn build_mptable(vcpus: u8) -> Result<Vec<u8>, MptableError> {
     for irq in 0..=IRQ_MAX as u8 {
         entries.extend_from_slice(&[ENTRY_IOINTR, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
     }
-    // LINT0 is wired to the PIC (ExtINT), LINT1 to NMI, on every local APIC.
+    // LINT0 ExtINT and LINT1 NMI on every local APIC, the PC wiring (Ember has no PIC, so
+    // nothing ever arrives on LINT0).
     entries.extend_from_slice(&[ENTRY_LOCALINTR, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);
     entries.extend_from_slice(&[ENTRY_LOCALINTR, INT_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
 

@@ -109,7 +109,7 @@ fn set_lapic_reg(state: &mut kvm_lapic_state, offset: usize, value: u32) {
     }
 }
 
-/// Configures LINT0 as ExtINT (the PIC) and LINT1 as NMI, as a PC BIOS does
+/// Configures LINT0 as ExtINT (the PIC, absent under Ember) and LINT1 as NMI, as a PC BIOS does
 /// (Intel SDM vol. 3A §11.5.1: delivery mode in bits 8-10).
 pub fn set_lint(state: &mut kvm_lapic_state) {
     let lvt0 = lapic_reg(state, APIC_LVT0);
