@@ -71,6 +71,14 @@
  *   Status 255 means the device completed a request without writing its status byte.
  * Exit codes (port 0xf4; QEMU's isa-debug-exit turns s into (s<<1)|1): 0 ok, 1 request failed,
  * 2 internal error (printed as "blk: error <what>"), 99 unknown action ("blk: unknown action").
+ * action=irq: interrupts through Ember's I/O APIC (or QEMU's) to the local APIC and an IDT:
+ *     irq: ioapic version=0x<8 hex digits>        (register 1 of the I/O APIC at 0xfec00000)
+ *     irq: com1 masked count=<n>                  (pin 4 masked, THR-empty raised: expect 0)
+ *     irq: com1 vector=0x40 count=<n>             (pin 4 unmasked: expect 1)
+ *     irq: disk0 vector=0x41 count=<n> status=<s> (a 4 KiB read of disk 0 with interrupts on,
+ *                                                 its pin from virtio_mmio.device=...:<irq>)
+ *     irq: other=<n>                              (interrupts on any other vector: expect 0)
+ *   exit 0 if the counts are 1, 1, 0 and the read succeeded, else 1.
  * action=hostile scribbles over every I/O port, the MMIO gap and every disk's virtio-mmio
  * window and queues (see scribble_device), then per disk resets it, reads sector 0 and prints
  * "hostile: disk<N> good status=<n> fnv1a64=<hex>" (FNV-1a of those 4096 bytes).
@@ -120,6 +128,8 @@ typedef unsigned long u64;
 #define VM_QUEUE_NUM 0x038
 #define VM_QUEUE_READY 0x044
 #define VM_QUEUE_NOTIFY 0x050
+#define VM_INTERRUPT_STATUS 0x060
+#define VM_INTERRUPT_ACK 0x064
 #define VM_STATUS 0x070
 #define VM_QUEUE_DESC_LOW 0x080
 #define VM_QUEUE_DESC_HIGH 0x084
@@ -162,6 +172,7 @@ struct seg { u64 addr; u32 len; u16 flags; };
 
 struct disk {
     u64 base;
+    u32 irq;        /* from virtio_mmio.device=...:<irq>, 0 if not given */
     u64 features;   /* offered */
     u64 accepted;
     u32 qsize;
@@ -438,10 +449,16 @@ static void probe(void) {
         if (*p != '@') fail("bad virtio_mmio.device= entry");
         p++;
         u64 base = parse_num(&p);
+        u32 irq = 0;
+        if (*p == ':') {
+            p++;
+            irq = (u32)parse_num(&p);
+        }
         if (mmio_read(base, VM_MAGIC) != 0x74726976) fail("bad magic");
         if (mmio_read(base, VM_VERSION) != 2) fail("virtio-mmio version is not 2");
         if (mmio_read(base, VM_DEVICE_ID) != 2) continue;
         if (ndisks == MAX_DISKS) break;
+        disks[ndisks].irq = irq;
         disks[ndisks++].base = base;
     }
     if (!param(cmdline, "virtio_mmio.device=")) {
@@ -908,6 +925,120 @@ static void action_hostile(void) {
     exit_status(0);
 }
 
+/* ---------------------------------------------------------------- interrupts (action=irq) */
+
+#define LAPIC_BASE 0xfee00000UL
+#define IOAPIC_BASE 0xfec00000UL
+#define VEC_COM1 0x40
+#define VEC_DISK 0x41
+
+struct idt_gate { u16 off0; u16 sel; u8 ist; u8 type; u16 off1; u32 off2; u32 zero; } __attribute__((packed));
+static struct idt_gate idt[256] __attribute__((aligned(16)));
+static volatile u32 com1_irqs, disk_irqs, other_irqs;
+static u64 irq_disk_base;
+
+struct iframe;
+static void lapic_eoi(void) { mmio_write(LAPIC_BASE, 0xb0, 0); }
+__attribute__((interrupt)) static void isr_com1(struct iframe *f) {
+    (void)f;
+    (void)inb(COM1 + 2); /* IIR: reading it clears the THR-empty interrupt */
+    outb(COM1 + 1, 0);   /* IER: no further interrupts */
+    com1_irqs++;
+    lapic_eoi();
+}
+__attribute__((interrupt)) static void isr_disk(struct iframe *f) {
+    (void)f;
+    u32 st = mmio_read(irq_disk_base, VM_INTERRUPT_STATUS);
+    mmio_write(irq_disk_base, VM_INTERRUPT_ACK, st);
+    disk_irqs++;
+    lapic_eoi();
+}
+__attribute__((interrupt)) static void isr_other(struct iframe *f) {
+    (void)f;
+    other_irqs++;
+    lapic_eoi();
+}
+
+static void set_gate(int v, void (*h)(struct iframe *)) {
+    u64 a = (u64)h;
+    idt[v].off0 = (u16)a;
+    idt[v].sel = 0x08;
+    idt[v].ist = 0;
+    idt[v].type = 0x8e; /* present, DPL 0, 64-bit interrupt gate */
+    idt[v].off1 = (u16)(a >> 16);
+    idt[v].off2 = (u32)(a >> 32);
+    idt[v].zero = 0;
+}
+
+static void ioapic_write(u32 reg, u32 v) { mmio_write(IOAPIC_BASE, 0x00, reg); mmio_write(IOAPIC_BASE, 0x10, v); }
+static u32 ioapic_read(u32 reg) { mmio_write(IOAPIC_BASE, 0x00, reg); return mmio_read(IOAPIC_BASE, 0x10); }
+
+/* Redirection entry of `pin`: fixed delivery of `vector` to APIC `dest`, edge, masked or not. */
+static void route_pin(u32 pin, u32 vector, u32 dest, int masked) {
+    ioapic_write(0x11 + 2 * pin, dest << 24);
+    ioapic_write(0x10 + 2 * pin, vector | (masked ? 1u << 16 : 0));
+}
+
+/* Waits up to `cycles` with interrupts enabled for *count to move past `before`. */
+static u32 wait_irq(volatile u32 *count, u32 before, u64 cycles) {
+    u64 t0 = rdtsc();
+    __asm__ volatile("sti" ::: "memory");
+    while (*count == before && rdtsc() - t0 < cycles) cpu_relax();
+    __asm__ volatile("cli" ::: "memory");
+    return *count;
+}
+
+/* Interrupt delivery end to end: I/O APIC registers, a masked pin that stays quiet, COM1's
+   THR-empty interrupt through pin 4, and a virtio-blk completion through its pin (irqfd). */
+static void action_irq(void) {
+    puts("irq: ioapic version=0x");
+    put_hex(ioapic_read(0x01), 8);
+    putc('\n');
+    for (int v = 32; v < 256; v++) set_gate(v, isr_other);
+    set_gate(VEC_COM1, isr_com1);
+    set_gate(VEC_DISK, isr_disk);
+    struct { u16 limit; u64 base; } __attribute__((packed)) idtr = { sizeof(idt) - 1, (u64)idt };
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+    u32 apic_id = mmio_read(LAPIC_BASE, 0x20) >> 24;
+    mmio_write(LAPIC_BASE, 0x80, 0);     /* TPR: accept every priority */
+    mmio_write(LAPIC_BASE, 0xf0, 0x1ff); /* SVR: enabled, spurious vector 0xff */
+    u64 quiet = seconds_to_cycles(1, 3000000000UL) / 10;
+    u64 patient = seconds_to_cycles(5, 15000000000UL);
+
+    route_pin(4, VEC_COM1, apic_id, 1);
+    outb(COM1 + 1, 0x02); /* THR empty: the UART raises its line at once */
+    u32 n = wait_irq(&com1_irqs, 0, quiet);
+    outb(COM1 + 1, 0);
+    (void)inb(COM1 + 2);
+    puts("irq: com1 masked count=");
+    put_dec(n);
+    putc('\n');
+
+    route_pin(4, VEC_COM1, apic_id, 0);
+    outb(COM1 + 1, 0x02);
+    n = wait_irq(&com1_irqs, 0, patient);
+    puts("irq: com1 vector=0x40 count=");
+    put_dec(n);
+    putc('\n');
+
+    struct disk *d = get_disk(0);
+    irq_disk_base = d->base;
+    route_pin(d->irq, VEC_DISK, apic_id, 0);
+    d->avail->flags = 0; /* interrupts wanted */
+    mb();
+    u8 st = blk_req(d, T_IN, 0, DATA_BUF, 4096);
+    n = wait_irq(&disk_irqs, 0, patient);
+    puts("irq: disk0 vector=0x41 count=");
+    put_dec(n);
+    puts(" status=");
+    put_dec(st);
+    putc('\n');
+    puts("irq: other=");
+    put_dec(other_irqs);
+    putc('\n');
+    exit_status(n >= 1 && st == 0 && com1_irqs == 1 && other_irqs == 0 ? 0 : 1);
+}
+
 /* boot: 1 = Linux 64-bit protocol (info = zero page), 2 = PVH (info = hvm_start_info). */
 void blk_main(u32 boot, u64 info) {
     const char *src;
@@ -934,7 +1065,7 @@ void blk_main(u32 boot, u64 info) {
     if (!action) action = "";
     int known = word_is(action, "info") || word_is(action, "write") || word_is(action, "read") ||
                 word_is(action, "bench") || word_is(action, "badreq") || word_is(action, "hostile") ||
-                word_is(action, "flushloop") || word_is(action, "readloop");
+                word_is(action, "flushloop") || word_is(action, "readloop") || word_is(action, "irq");
     if (!known) {
         puts("blk: unknown action\n");
         exit_status(99);
@@ -947,6 +1078,7 @@ void blk_main(u32 boot, u64 info) {
     if (word_is(action, "hostile")) action_hostile();
     if (word_is(action, "flushloop")) action_flushloop();
     if (word_is(action, "readloop")) action_readloop();
+    if (word_is(action, "irq")) action_irq();
     action_badreq();
 }
 
