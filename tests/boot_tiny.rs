@@ -230,3 +230,32 @@ fn pvh_hello_guest_prints_and_exits() {
         assert!(r.stderr.contains(phase), "{phase}: {r:?}");
     }
 }
+
+#[test]
+fn an_instruction_kvm_cannot_emulate_ends_the_vm_with_status_4() {
+    // KVM_EXIT_INTERNAL_ERROR end to end: kvm-pvm's emulator lacks cmpxchg16b. Elsewhere the
+    // CPU runs it natively and the guest says so (nothing to provoke there).
+    if !require_kvm() {
+        return;
+    }
+    let r = tiny("action=cx16", &[]);
+    assert!(r.stdout.contains("tiny: cmpxchg16b\n"), "{r:?}");
+    if common::host_is_pvm() {
+        assert_eq!(r.code(), 4, "{r:?}");
+        let reports: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("KVM internal error"))
+            .collect();
+        assert_eq!(reports.len(), 1, "one line: {r:?}");
+        assert!(
+            reports[0].contains("on vCPU 0: suberror 1") && reports[0].contains("at guest RIP 0x"),
+            "{r:?}"
+        );
+        assert!(!r.stdout.contains("cmpxchg16b ok"), "{r:?}");
+    } else {
+        eprintln!("skipped the internal-error check: this host runs cmpxchg16b natively");
+        assert_eq!(r.code(), 0, "{r:?}");
+        assert!(r.stdout.contains("tiny: cmpxchg16b ok"), "{r:?}");
+    }
+}

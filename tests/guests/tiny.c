@@ -19,6 +19,9 @@
  *   mmioloop:N       N writes to unclaimed MMIO at 0x3fe00000, then exit 0
  *   kbd              wait for Ctrl+Alt+Del on the i8042 keyboard (polling port 0x64),
  *                    then exit 77
+ *   cx16             one `lock cmpxchg16b` (which kvm-pvm's instruction emulator lacks: the
+ *                    VM ends with KVM_EXIT_INTERNAL_ERROR there); where it runs, print
+ *                    "tiny: cmpxchg16b ok" (or "failed") and exit 0
  * Built with -ffreestanding -mgeneral-regs-only -mno-red-zone: no SSE, no int3, so it runs on
  * any KVM, including hosts whose KVM emulates guest kernel code.
  */
@@ -102,6 +105,18 @@ void tiny_main(const u8 *zero_page) {
         struct idt_ptr empty = { 0, 0 };
         puts("tiny: triple fault\n");
         __asm__ volatile("lidt %0; ud2" : : "m"(empty));
+    }
+    if (starts_with(action, "cx16")) {
+        static volatile u64 slot[2] __attribute__((aligned(16)));
+        u64 lo = 0, hi = 0;
+        u8 ok;
+        puts("tiny: cmpxchg16b\n");
+        __asm__ volatile("lock cmpxchg16b %1; sete %0"
+                         : "=q"(ok), "+m"(slot[0]), "+a"(lo), "+d"(hi)
+                         : "b"(1UL), "c"(2UL)
+                         : "memory", "cc");
+        puts(ok && slot[0] == 1 && slot[1] == 2 ? "tiny: cmpxchg16b ok\n" : "tiny: cmpxchg16b failed\n");
+        exit_status(0);
     }
     if (starts_with(action, "loop")) {
         puts("tiny: looping\n");
