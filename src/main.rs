@@ -53,11 +53,13 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     seccomp: OnOff,
     /// Guest memory backing: transparent huge pages (on) or 4 KiB pages (off); both are
-    /// populated as the guest touches them. Default: the faster on the boot benchmark.
+    /// populated as the guest touches them. Default off: on the hosts measured, huge pages did
+    /// not make boots faster and cost RSS (see the README's Benchmarking).
     #[arg(long, value_enum, default_value_t = if vmm::DEFAULT_THP { OnOff::On } else { OnOff::Off })]
     thp: OnOff,
     /// Time the boot: print when each phase happened (process start, configuration, memory,
-    /// kernel, first KVM_RUN, first console output, console marker, boot-timer signal, exit)
+    /// kernel, first KVM_RUN, first console output, console marker, boot-timer signal, stop
+    /// requested, exit)
     /// to stderr when the VM ends.
     #[arg(long)]
     boot_timer: bool,

@@ -75,10 +75,11 @@
  *     irq: ioapic version=0x<8 hex digits>        (register 1 of the I/O APIC at 0xfec00000)
  *     irq: com1 masked count=<n>                  (pin 4 masked, THR-empty raised: expect 0)
  *     irq: com1 vector=0x40 count=<n>             (pin 4 unmasked: expect 1)
+ *     irq: com1 level count=<n>                   (pin 4 level-triggered, raised twice: expect 2)
  *     irq: disk0 vector=0x41 count=<n> status=<s> (a 4 KiB read of disk 0 with interrupts on,
  *                                                 its pin from virtio_mmio.device=...:<irq>)
  *     irq: other=<n>                              (interrupts on any other vector: expect 0)
- *   exit 0 if the counts are 1, 1, 0 and the read succeeded, else 1.
+ *   exit 0 if the counts are 1, 2, 1, 0 and the read succeeded, else 1.
  * action=hostile scribbles over every I/O port, the MMIO gap and every disk's virtio-mmio
  * window and queues (see scribble_device), then per disk resets it, reads sector 0 and prints
  * "hostile: disk<N> good status=<n> fnv1a64=<hex>" (FNV-1a of those 4096 bytes).
@@ -1021,6 +1022,20 @@ static void action_irq(void) {
     put_dec(n);
     putc('\n');
 
+    /* Level-triggered: the local APIC's EOI goes back to the VMM (KVM_EXIT_IOAPIC_EOI), and
+       the pin keeps delivering. */
+    route_pin(4, VEC_COM1 | (1u << 15), apic_id, 0);
+    for (int i = 0; i < 2; i++) {
+        u32 before = com1_irqs;
+        outb(COM1 + 1, 0x02);
+        (void)wait_irq(&com1_irqs, before, patient);
+    }
+    puts("irq: com1 level count=");
+    put_dec(com1_irqs - n);
+    putc('\n');
+    route_pin(4, VEC_COM1, apic_id, 1);
+    u32 com1_expected = n + 2;
+
     struct disk *d = get_disk(0);
     irq_disk_base = d->base;
     route_pin(d->irq, VEC_DISK, apic_id, 0);
@@ -1036,7 +1051,7 @@ static void action_irq(void) {
     puts("irq: other=");
     put_dec(other_irqs);
     putc('\n');
-    exit_status(n >= 1 && st == 0 && com1_irqs == 1 && other_irqs == 0 ? 0 : 1);
+    exit_status(n >= 1 && st == 0 && com1_irqs == com1_expected && com1_expected == 3 && other_irqs == 0 ? 0 : 1);
 }
 
 /* boot: 1 = Linux 64-bit protocol (info = zero page), 2 = PVH (info = hvm_start_info). */

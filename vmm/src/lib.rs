@@ -1,8 +1,9 @@
 //! Ember's VMM library: builds, runs and stops KVM virtual machines.
 //!
 //! ```text
-//! VmConfig ─► validate ─► KvmVm (irqchip, PIT, TSS) ─► guest memory ─► kernel, initramfs,
-//! command line, boot structures ─► devices (buses, irqfds) ─► vCPUs ─► vCPU threads + VMM thread
+//! VmConfig ─► validate ─► guest memory ─► KvmVm (memory slots, split irqchip, TSS) ─► kernel,
+//! initramfs, command line, boot structures ─► devices (buses, I/O APIC, irqfds) ─► vCPUs ─►
+//! vCPU threads + VMM thread
 //! ```
 //!
 //! Each VM owns its threads and file descriptors; nothing is global except the process-wide

@@ -28,7 +28,7 @@ pub struct Timestamps {
     pub start: Instant,
     /// Configuration validated.
     pub config_validated: Instant,
-    /// Guest memory mapped and registered.
+    /// Guest memory mapped, the KVM VM created with it (memory slots, split irqchip).
     pub memory_ready: Instant,
     /// Kernel, initramfs and boot structures loaded.
     pub kernel_loaded: Instant,

@@ -5,10 +5,13 @@
 //! interrupt reaches a vCPU with no userspace exit and no thread in between; this device only
 //! sees the guest's (rare) register accesses.
 //!
-//! All pins are edge-triggered as delivered: Ember's devices signal edges through irqfds and
-//! the MP table declares every pin an ISA (edge) interrupt. An entry the guest programs as
-//! level-triggered is routed as an edge, so no vCPU exits on its EOI. An edge on a masked pin
-//! is lost, as on real hardware and KVM's in-kernel IOAPIC.
+//! Ember's devices signal edges through irqfds and the MP table declares every pin an ISA (edge)
+//! interrupt. An entry the guest programs as level-triggered is delivered as a level MSI, so
+//! the local APIC's TMR agrees with the entry (Linux otherwise "repairs" each such interrupt
+//! with four register writes) and its EOI ends in a `KVM_EXIT_IOAPIC_EOI` the vCPU loop ignores:
+//! the line is a pulse, so there is no remote IRR to clear. An edge on a masked pin is lost, as
+//! on real hardware and KVM's in-kernel IOAPIC. The reserved delivery modes (3 and 6, which as
+//! an MSI would mean a startup IPI) deliver nothing.
 //!
 //! Why not KVM's in-kernel IOAPIC: destroying a VM with the full in-kernel irqchip (PIC, IOAPIC)
 //! and PIT took 15-23 ms of SRCU grace periods on the hosts Ember was measured on, against
@@ -64,6 +67,7 @@ pub struct Ioapic {
     entries: [u64; IOAPIC_PINS],
     installed: PinRoutes,
     router: Box<dyn MsiRouter>,
+    router_failed: bool,
 }
 
 impl Ioapic {
@@ -75,6 +79,7 @@ impl Ioapic {
             entries: [RTE_MASKED; IOAPIC_PINS],
             installed: [None; IOAPIC_PINS],
             router,
+            router_failed: false,
         }
     }
 
@@ -122,8 +127,8 @@ impl Ioapic {
         (i / 2 < IOAPIC_PINS).then_some((i / 2, i % 2 == 1))
     }
 
-    /// Installs the routes if they changed (a guest rewriting an entry with the same route, or
-    /// only its trigger mode, costs no ioctl).
+    /// Installs the routes if they changed (a guest rewriting an entry with the same route
+    /// costs no ioctl). A failure is logged once: the guest can repeat it at will.
     fn update_routes(&mut self) {
         let routes: PinRoutes = std::array::from_fn(|pin| route(self.entries[pin]));
         if routes == self.installed {
@@ -131,25 +136,31 @@ impl Ioapic {
         }
         match self.router.set_routes(&routes) {
             Ok(()) => self.installed = routes,
-            Err(e) => log::error!("ioapic: cannot install interrupt routes: {e}"),
+            Err(e) if !self.router_failed => {
+                self.router_failed = true;
+                log::error!("ioapic: cannot install interrupt routes: {e}");
+            }
+            Err(_) => {}
         }
     }
 }
 
-/// The MSI a redirection entry delivers, `None` when masked.
+/// The MSI a redirection entry delivers, `None` when masked or its delivery mode is reserved.
 fn route(entry: u64) -> Option<MsiMessage> {
-    if entry & RTE_MASKED != 0 {
+    let delivery_mode = ((entry >> 8) & 0x7) as u32;
+    if entry & RTE_MASKED != 0 || delivery_mode == 3 || delivery_mode == 6 {
         return None;
     }
     let vector = (entry & 0xff) as u32;
-    let delivery_mode = ((entry >> 8) & 0x7) as u32;
+    let level = ((entry >> 15) & 1) as u32;
     let logical = (entry >> 11) & 1;
     let dest = (entry >> 56) & 0xff;
     // Lowest-priority delivery sets the redirection hint, as the MSI format defines it.
     let hint = u64::from(delivery_mode == 1);
     Some(MsiMessage {
         address: 0xfee0_0000 | (dest << 12) | (hint << 3) | (logical << 2),
-        data: vector | (delivery_mode << 8),
+        // Trigger mode (bit 15) and, for level, the asserted level (bit 14).
+        data: vector | (delivery_mode << 8) | (level << 14) | (level << 15),
     })
 }
 
@@ -273,14 +284,39 @@ mod tests {
     }
 
     #[test]
-    fn rewriting_the_same_route_or_only_the_trigger_costs_nothing() {
+    fn rewriting_the_same_route_costs_nothing() {
         let (mut io, routes) = ioapic();
         write_reg(&mut io, REG_REDIRECTION + 2, 0x30);
         write_reg(&mut io, REG_REDIRECTION + 2, 0x30);
-        // Linux's EOI for a level pin on a version 0x11 IOAPIC: edge, then level again.
-        write_reg(&mut io, REG_REDIRECTION + 2, 0x30 | (1 << 15));
-        write_reg(&mut io, REG_REDIRECTION + 2, 0x30);
+        write_reg(&mut io, REG_REDIRECTION + 3, 0);
         assert_eq!(routes.0.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn level_entries_deliver_level_msis() {
+        let (mut io, routes) = ioapic();
+        write_reg(&mut io, REG_REDIRECTION + 2, 0x30 | (1 << 15));
+        let last = *routes.0.lock().expect("lock").last().expect("route");
+        assert_eq!(
+            last[1],
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x30 | (1 << 14) | (1 << 15)
+            })
+        );
+    }
+
+    #[test]
+    fn reserved_delivery_modes_deliver_nothing() {
+        let (mut io, routes) = ioapic();
+        for mode in [3u32, 6] {
+            write_reg(&mut io, REG_REDIRECTION + 4, 0x30 | (mode << 8));
+            assert_eq!(read_reg(&mut io, REG_REDIRECTION + 4), 0x30 | (mode << 8));
+        }
+        assert!(routes.0.lock().expect("lock").is_empty(), "never routed");
+        write_reg(&mut io, REG_REDIRECTION + 4, 0x30 | (4 << 8));
+        let last = *routes.0.lock().expect("lock").last().expect("route");
+        assert_eq!(last[2].map(|m| m.data), Some(0x430), "NMI is a valid mode");
     }
 
     #[test]
@@ -312,6 +348,7 @@ mod tests {
 
     #[test]
     fn a_failing_router_is_retried_on_the_next_change() {
+        // (and logged only once; each retry is one ioctl per guest write, as any write)
         struct Failing(Arc<Mutex<u32>>);
         impl MsiRouter for Failing {
             fn set_routes(&mut self, _: &PinRoutes) -> std::io::Result<()> {
