@@ -23,6 +23,10 @@ fn main() {
         println!("boot: benchmark");
         return;
     }
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test` runs benchmarks without `--bench`: building them is the test.
+        return;
+    }
     let opts = boot::Options {
         boots: env_n("EMBER_BENCH_N", 10),
         overhead_runs: env_n("EMBER_BENCH_TINY_N", 20),

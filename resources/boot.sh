@@ -7,25 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "boot: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
-command -v gcc >/dev/null || { echo "boot: gcc not found; apt-get install build-essential" >&2; exit 1; }
-[[ -e /dev/kvm ]] || { echo "boot: /dev/kvm is missing: enable KVM" >&2; exit 1; }
+LOG_TAG=boot
+# shellcheck source=lib.sh
+source resources/lib.sh
 
-# What the guest artefacts need, installed once (apt-get update first: a fresh machine may
-# have no package lists, and the build scripts only install).
-pkgs=(build-essential flex bison bc libelf-dev libssl-dev xz-utils patch python3
-      linux-source-6.1 busybox-static cpio e2fsprogs)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    echo "boot: installing ${missing[*]}" >&2
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-fi
+[[ -e /dev/kvm ]] || die "/dev/kvm is missing: enable KVM"
+command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
+# What Ember's build and the guest artefacts need, installed once.
+ensure_packages build-essential flex bison bc libelf-dev libssl-dev xz-utils patch python3 \
+    lz4 linux-source-6.1 busybox-static cpio e2fsprogs
 
 mapfile -t kernel < <(resources/kernel/build.sh)
 vmlinux="${kernel[-2]}"

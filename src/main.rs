@@ -21,7 +21,9 @@ use vmm::{Console, ConsoleInput, ConsoleOutput, PvmMode, Vm, VmConfig};
 /// Boots a Linux kernel (ELF vmlinux or bzImage) with its serial console on this terminal.
 /// Ctrl-C, SIGTERM or SIGHUP stop the VM.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, after_help = EXIT_HELP)]
+// A flag given twice takes its last value (`resources/boot.sh --cpus 4` overrides the
+// script's own `--cpus 2`).
+#[command(version, about, long_about = None, after_help = EXIT_HELP, args_override_self = true)]
 struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH entry when present) or a bzImage.
     #[arg(long, value_name = "PATH")]

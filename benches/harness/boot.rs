@@ -85,12 +85,26 @@ pub fn run(opts: &Options) -> Value {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let q_args = qemu_args(&vmlinux, Some(&initrd), &cmdline, GUEST_MIB);
+    // Both guests run `true` as their command and power off where guest user space runs
+    // (ordinary KVM hosts); on kvm-pvm hosts init dies first and panic=1 resets the guest.
+    let guest_command = ["true".to_string()];
+    let encoded = vmm::command::encode(&guest_command).expect("encodable command");
+    let q_args = qemu_args(
+        &vmlinux,
+        Some(&initrd),
+        &format!("{cmdline} {encoded}"),
+        GUEST_MIB,
+    );
 
     // The other memory backing than the default, for the backing comparison.
     let other_thp = if vmm::DEFAULT_THP { "off" } else { "on" };
     let mut other_args = ember_args.clone();
     other_args.extend(["--thp".to_string(), other_thp.to_string()]);
+    let mut ember_args = ember_args;
+    for args in [&mut ember_args, &mut other_args] {
+        args.push("--".to_string());
+        args.extend(guest_command.iter().cloned());
+    }
 
     let mut ember = Vec::new();
     let mut ember_phases: Vec<Vec<(String, f64)>> = Vec::new();

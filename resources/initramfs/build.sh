@@ -36,20 +36,11 @@ none) EXT=cpio ;;
 *) echo "EMBER_INITRAMFS_COMPRESS must be gzip or none" >&2; exit 2 ;;
 esac
 
-log() { printf '[initramfs] %s\n' "$*" >&2; }
-die() { printf '[initramfs] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=initramfs
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
-need_pkgs=()
-for p in busybox-static cpio gzip; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
-done
-if ((${#need_pkgs[@]})); then
-    log "installing: ${need_pkgs[*]}"
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}" >&2 \
-        || die "apt-get install ${need_pkgs[*]} failed"
-fi
+ensure_packages busybox-static cpio gzip
 
 BUSYBOX="$(dpkg-query -L busybox-static | grep -E '/s?bin/busybox$' | head -n1)"
 [[ -x $BUSYBOX ]] || die "busybox-static binary not found"

@@ -25,21 +25,11 @@ SRC_PKG=linux-source-6.1
 SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 JOBS="${EMBER_KERNEL_JOBS:-2}"
 
-log() { printf '[kernel] %s\n' "$*" >&2; }
-die() { printf '[kernel] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=kernel
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
-need_pkgs=()
-dpkg-query -W -f='${Status}' "$SRC_PKG" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$SRC_PKG")
-for p in build-essential flex bison bc libelf-dev libssl-dev xz-utils patch python3; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
-done
-if ((${#need_pkgs[@]})); then
-    log "installing: ${need_pkgs[*]}"
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}" >&2 \
-        || die "apt-get install ${need_pkgs[*]} failed"
-fi
+ensure_packages "$SRC_PKG" build-essential flex bison bc libelf-dev libssl-dev xz-utils lz4 patch python3
 [[ -f $SRC_TARBALL ]] || die "$SRC_TARBALL not found (is $SRC_PKG installed?)"
 SRC_VERSION="$(dpkg-query -W -f='${Version}' "$SRC_PKG")"
 

@@ -21,23 +21,14 @@ SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
 CACHE_ROOT="${EMBER_CACHE_DIR:-$HOME/.cache/ember}"
 SIZE_MIB="${1:-${EMBER_ROOTFS_SIZE_MIB:-64}}"
 
-log() { printf '[rootfs] %s\n' "$*" >&2; }
-die() { printf '[rootfs] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=rootfs
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
 [[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "bad size '$SIZE_MIB' (MiB, >= 8)"
 [[ -f $INIT ]] || die "$INIT not found"
 
-need_pkgs=()
-for p in busybox-static e2fsprogs; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
-done
-if ((${#need_pkgs[@]})); then
-    log "installing: ${need_pkgs[*]}"
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_pkgs[@]}" >&2 \
-        || die "apt-get install ${need_pkgs[*]} failed"
-fi
+ensure_packages busybox-static e2fsprogs
 MKFS="$(command -v mkfs.ext4 || echo /sbin/mkfs.ext4)"
 [[ -x $MKFS ]] || die "mkfs.ext4 not found"
 
