@@ -148,6 +148,8 @@ impl BusDevice for I8042 {
             COMMAND => self.status,
             _ => 0,
         };
+        // Registers are one byte wide: a wider access reads zeros above it.
+        data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = v;
         }

@@ -69,6 +69,8 @@ impl<W: Write + Send> Serial<W> {
 
 impl<W: Write + Send> BusDevice for Serial<W> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // Registers are one byte wide: a wider access reads zeros above it.
+        data.fill(0);
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *b = self.inner.read(off);
         }

@@ -143,7 +143,15 @@ impl MmioTransport {
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
-            STATUS => self.status,
+            STATUS => {
+                if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+                    && self.with_device(|d| d.needs_reset())
+                {
+                    self.status | VIRTIO_CONFIG_S_NEEDS_RESET
+                } else {
+                    self.status
+                }
+            }
             CONFIG_GENERATION => self.config_generation,
             _ => {
                 debug!("virtio-mmio: read of unknown register {offset:#x}");
@@ -527,7 +535,10 @@ mod tests {
         assert_eq!(kick.read().expect("kicked"), 1);
         w(&mut t, QUEUE_NOTIFY, 9); // no such queue: nothing happens
         assert!(kick.read().is_err());
-        w(&mut t, 0xffc, 1); // unknown register
+        // A register this transport does not have (shared memory, 0x0c0): writes are
+        // ignored, reads are zero.
+        w(&mut t, 0x0c0, 7);
+        assert_eq!(r(&mut t, 0x0c0), 0);
     }
 
     #[test]

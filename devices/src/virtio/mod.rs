@@ -88,4 +88,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops the device and forgets its queues (device reset, §2.4).
     fn reset(&mut self);
+    /// Whether the device stopped itself (a queue the driver broke) and waits for a reset;
+    /// the transport then shows DEVICE_NEEDS_RESET in the device status.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }

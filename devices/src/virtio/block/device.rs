@@ -13,9 +13,11 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::disk::Disk;
-use super::request::{execute, parse, Parsed, MAX_DESCRIPTORS};
+use super::request::{execute, parse, Parsed, Segment, MAX_DESCRIPTORS};
 use super::QUEUE_SIZE;
-use crate::virtio::{ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, INT_VRING};
+use crate::virtio::{
+    ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, INT_CONFIG, INT_VRING,
+};
 
 /// Configuration space length exposed (capacity, size_max, seg_max).
 const CONFIG_LEN: usize = 16;
@@ -23,7 +25,12 @@ const CONFIG_LEN: usize = 16;
 struct Active {
     queue: Queue,
     interrupt: VirtioInterrupt,
+    /// The driver did not negotiate FLUSH: writes are made durable before they complete.
+    write_through: bool,
 }
+
+/// Data bytes one notification serves before the event loop gets back to other devices.
+const BATCH_BYTES: u64 = 8 << 20;
 
 /// A virtio-blk device backed by a [`Disk`].
 pub struct VirtioBlock {
@@ -32,7 +39,9 @@ pub struct VirtioBlock {
     features: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
+    broken: bool,
     descs: Vec<Descriptor>,
+    segs: Vec<Segment>,
     iovecs: Vec<libc::iovec>,
     warnings_left: u32,
 }
@@ -63,7 +72,9 @@ impl VirtioBlock {
             features,
             config,
             active: None,
-            descs: Vec::with_capacity(MAX_DESCRIPTORS),
+            broken: false,
+            descs: Vec::with_capacity(MAX_DESCRIPTORS + 1),
+            segs: Vec::with_capacity(MAX_DESCRIPTORS),
             iovecs: Vec::with_capacity(MAX_DESCRIPTORS),
             warnings_left: 8,
         }
@@ -74,44 +85,69 @@ impl VirtioBlock {
         self.active.is_some()
     }
 
-    /// Stops serving until the driver resets the device (a queue the guest broke).
-    fn needs_reset(&mut self, why: &dyn std::fmt::Display) {
+    /// Stops serving until the driver resets the device (a queue the guest broke): the
+    /// transport then shows DEVICE_NEEDS_RESET and the driver gets a configuration interrupt
+    /// (virtio 1.2 §2.1.2).
+    fn enter_needs_reset(&mut self, why: &dyn std::fmt::Display) {
         if self.warnings_left > 0 {
             self.warnings_left -= 1;
             warn!("block: {why}; the device stops until the driver resets it");
         }
-        self.active = None;
+        if let Some(active) = self.active.take() {
+            self.broken = true;
+            if let Err(e) = active.interrupt.trigger(INT_CONFIG) {
+                warn!("block: cannot interrupt the guest: {e}");
+            }
+        }
     }
 
     /// Serves the available requests, then interrupts the guest if it wants to know. Returns
-    /// true when requests are left (served in bounded batches so one busy queue cannot hold
-    /// the event loop); the caller then comes back later.
+    /// true when requests are left (served in bounded batches, by count and by bytes, so one
+    /// busy queue cannot hold the event loop); the caller then comes back later.
     pub fn process_queue(&mut self) -> bool {
-        match self.serve() {
+        let mut used_any = false;
+        let result = self.serve(&mut used_any);
+        if used_any {
+            if let Some(active) = self.active.as_mut() {
+                if active.queue.needs_notification(&self.mem).unwrap_or(true) {
+                    if let Err(e) = active.interrupt.trigger(INT_VRING) {
+                        warn!("block: cannot interrupt the guest: {e}");
+                    }
+                }
+            }
+        }
+        match result {
             Ok(more) => more,
             Err(why) => {
-                self.needs_reset(&why);
+                // Completions before the breakage are announced first.
+                if used_any {
+                    if let Some(active) = self.active.as_ref() {
+                        let _ = active.interrupt.trigger(INT_VRING);
+                    }
+                }
+                self.enter_needs_reset(&why);
                 false
             }
         }
     }
 
-    /// [`Self::process_queue`] without the error handling: `Err` means the queue is broken.
-    fn serve(&mut self) -> Result<bool, String> {
+    /// [`Self::process_queue`] without interrupts and error handling: `Err` means the queue is
+    /// broken; `used_any` tells whether requests were completed.
+    fn serve(&mut self, used_any: &mut bool) -> Result<bool, String> {
         const MAX_ROUNDS: usize = 16;
         let Self {
             active,
             mem,
             disk,
             descs,
+            segs,
             iovecs,
             ..
         } = self;
         let Some(active) = active.as_mut() else {
             return Ok(false);
         };
-        let mut used_any = false;
-        let mut more = true;
+        let mut bytes = 0u64;
         for _ in 0..MAX_ROUNDS {
             active
                 .queue
@@ -137,9 +173,15 @@ impl VirtioBlock {
                 let head = chain.head_index();
                 descs.clear();
                 descs.extend(chain.take(MAX_DESCRIPTORS + 1));
-                let (status_addr, status, len) = match parse(mem, descs) {
+                // virtio-queue ends a chain silently at a bad `next`, a bad indirect table or
+                // its length limit: a last descriptor still pointing on is a broken ring.
+                if descs.len() <= MAX_DESCRIPTORS && descs.last().is_some_and(|d| d.has_next()) {
+                    return Err(format!("descriptor chain {head} is cut short"));
+                }
+                let (status_addr, status, len) = match parse(mem, descs, segs) {
                     Parsed::Request(req, status_addr) => {
-                        let (status, len) = execute(mem, disk, &req, iovecs);
+                        bytes = bytes.saturating_add(req.data_len);
+                        let (status, len) = execute(mem, disk, &req, iovecs, active.write_through);
                         (Some(status_addr), status, len)
                     }
                     Parsed::Fail(status, status_addr) => (Some(status_addr), status, 0),
@@ -156,23 +198,20 @@ impl VirtioBlock {
                     .queue
                     .add_used(mem, head, used_len)
                     .map_err(|e| e.to_string())?;
-                used_any = true;
+                *used_any = true;
+                if bytes >= BATCH_BYTES {
+                    return Ok(true);
+                }
             }
             if !active
                 .queue
                 .enable_notification(mem)
                 .map_err(|e| e.to_string())?
             {
-                more = false;
-                break;
+                return Ok(false);
             }
         }
-        if used_any && active.queue.needs_notification(mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.trigger(INT_VRING) {
-                warn!("block: cannot interrupt the guest: {e}");
-            }
-        }
-        Ok(more)
+        Ok(true)
     }
 }
 
@@ -212,12 +251,22 @@ impl VirtioDevice for VirtioBlock {
     ) -> Result<(), ActivateError> {
         let mut queue = queues.pop().ok_or(ActivateError::BadQueue(0))?;
         queue.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        self.active = Some(Active { queue, interrupt });
+        self.active = Some(Active {
+            queue,
+            interrupt,
+            write_through: features & (1 << VIRTIO_BLK_F_FLUSH) == 0,
+        });
+        self.broken = false;
         Ok(())
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.broken
     }
 
     fn reset(&mut self) {
         self.active = None;
+        self.broken = false;
         self.warnings_left = 8;
     }
 }
@@ -397,12 +446,15 @@ mod tests {
     fn oversized_zero_length_and_short_descriptors() {
         let mut r = rig(false, "sizes");
         header(&r, VIRTIO_BLK_T_IN, 0);
-        // A descriptor reaching past guest RAM ends the chain early: no status to write.
+        // A descriptor reaching past guest RAM cuts the chain short: a broken ring, so the
+        // device stops until reset and tells the driver; nothing is written or used.
         r.mem
             .write_obj(0xeeu8, GuestAddress(STATUS))
             .expect("status");
-        assert_eq!(run(&mut r, &rw_chain(WRITE, u32::MAX)), vec![(0, 0)]);
+        assert_eq!(run(&mut r, &rw_chain(WRITE, u32::MAX)), vec![]);
         assert_eq!(status(&r), 0xee, "oversized");
+        assert!(r.dev.needs_reset() && !r.dev.is_active());
+        assert!(r.irq.read().is_ok(), "configuration interrupt");
         run(&mut r, &rw_chain(WRITE, 1 << 20));
         assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "larger than the disk");
         run(&mut r, &rw_chain(WRITE, 100));
@@ -444,16 +496,93 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_cycle_ends() {
+    fn descriptor_cycle_breaks_the_ring_until_reset() {
         let mut r = rig(false, "cycle");
         header(&r, VIRTIO_BLK_T_IN, 0);
+        r.mem
+            .write_obj(0xeeu8, GuestAddress(STATUS))
+            .expect("status");
         let descs = [d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE | NEXT, 0)];
-        let used = run(&mut r, &descs);
-        assert_eq!(used.len(), 1, "the cyclic chain is returned once");
-        // The device keeps serving afterwards.
+        assert_eq!(
+            run(&mut r, &descs),
+            vec![],
+            "a cyclic chain is never completed"
+        );
+        assert_eq!(status(&r), 0xee);
+        assert!(r.dev.needs_reset());
+        r.dev.reset();
+        assert!(!r.dev.needs_reset());
+        // Reset and activated again, the device serves.
         header(&r, VIRTIO_BLK_T_IN, 0);
         assert_eq!(run(&mut r, &rw_chain(WRITE, 512)), vec![(0, 513)]);
         assert_eq!(status(&r), VIRTIO_BLK_S_OK as u8);
+    }
+
+    #[test]
+    fn any_descriptor_layout_is_served() {
+        let mut r = rig(false, "layout");
+        // A write whose header and data share one descriptor, status alone.
+        let data: Vec<u8> = (0..1024u32).map(|i| (i * 13 + 5) as u8).collect();
+        header(&r, VIRTIO_BLK_T_OUT, 3);
+        r.mem
+            .write_slice(&data, GuestAddress(HDR + 16))
+            .expect("data");
+        let descs = [d(HDR, 16 + 1024, NEXT, 1), d(STATUS, 1, WRITE, 0)];
+        assert_eq!(run(&mut r, &descs), vec![(0, 1)]);
+        assert_eq!(status(&r), VIRTIO_BLK_S_OK as u8);
+        let file = std::fs::read(&r.path).expect("image");
+        assert_eq!(&file[3 * 512..3 * 512 + 1024], &data[..]);
+
+        // A read whose header is split over two descriptors and whose data shares the last
+        // descriptor with the status byte.
+        header(&r, VIRTIO_BLK_T_IN, 3);
+        let descs = [
+            d(HDR, 5, NEXT, 1),
+            d(HDR + 5, 11, NEXT, 2),
+            d(DATA, 1024 + 1, WRITE, 0),
+        ];
+        assert_eq!(run(&mut r, &descs), vec![(0, 1025)]);
+        let mut back = vec![0u8; 1025];
+        r.mem
+            .read_slice(&mut back, GuestAddress(DATA))
+            .expect("back");
+        assert_eq!(&back[..1024], &data[..]);
+        assert_eq!(back[1024], VIRTIO_BLK_S_OK as u8, "status after the data");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_later_write_and_flush() {
+        let mut r = rig(false, "syncfail");
+        r.dev.disk.sync_failed = true;
+        header(&r, VIRTIO_BLK_T_OUT, 0);
+        run(&mut r, &rw_chain(0, 512));
+        assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "write");
+        header(&r, VIRTIO_BLK_T_FLUSH, 0);
+        run(&mut r, &[d(HDR, 16, NEXT, 1), d(STATUS, 1, WRITE, 0)]);
+        assert_eq!(status(&r), VIRTIO_BLK_S_IOERR as u8, "flush");
+        header(&r, VIRTIO_BLK_T_IN, 0);
+        run(&mut r, &rw_chain(WRITE, 512));
+        assert_eq!(status(&r), VIRTIO_BLK_S_OK as u8, "reads still work");
+    }
+
+    #[test]
+    fn flush_decides_write_through() {
+        let mut r = rig(false, "wt");
+        let mock = MockSplitQueue::create(&r.mem, GuestAddress(0), 16);
+        let irq = || VirtioInterrupt::new(r.irq.try_clone().expect("clone"));
+        let base = 1 << VIRTIO_F_VERSION_1;
+        r.dev
+            .activate(base, vec![mock.create_queue().expect("q")], irq())
+            .expect("activate");
+        assert!(r.dev.active.as_ref().is_some_and(|a| a.write_through));
+        r.dev
+            .activate(
+                base | (1 << VIRTIO_BLK_F_FLUSH),
+                vec![mock.create_queue().expect("q")],
+                irq(),
+            )
+            .expect("activate");
+        assert!(r.dev.active.as_ref().is_some_and(|a| !a.write_through));
     }
 
     #[test]
@@ -487,10 +616,14 @@ mod tests {
     }
 
     #[test]
-    fn inactive_device_ignores_notifications() {
+    fn a_reset_device_ignores_notifications() {
         let mut r = rig(false, "inactive");
-        r.dev.process_queue();
+        header(&r, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run(&mut r, &rw_chain(WRITE, 512)), vec![(0, 513)]);
+        assert!(r.irq.read().is_ok());
+        r.dev.reset();
         assert!(!r.dev.is_active());
-        assert!(r.irq.read().is_err());
+        assert!(!r.dev.process_queue());
+        assert!(r.irq.read().is_err(), "no interrupt after reset");
     }
 }

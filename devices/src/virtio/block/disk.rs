@@ -42,6 +42,8 @@ pub struct Disk {
     pub sectors: u64,
     /// The GET_ID answer.
     pub serial: String,
+    /// A sync of the image failed once: written data may be lost, so writes fail from then on.
+    pub sync_failed: bool,
 }
 
 impl Disk {
@@ -82,6 +84,7 @@ impl Disk {
             read_only,
             sectors,
             serial: serial.to_string(),
+            sync_failed: false,
         })
     }
 }

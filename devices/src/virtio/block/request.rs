@@ -37,15 +37,28 @@ unsafe impl ByteValued for RequestHeader {}
 /// Longest chain Ember accepts (descriptor chains are at most a queue long anyway).
 pub const MAX_DESCRIPTORS: usize = 1026;
 
-/// A parsed request, borrowing its data descriptors from the chain.
+/// A piece of guest memory holding request data: all or part of one descriptor (the header
+/// and the status byte may share descriptors with data: virtio 1.2 §2.7.4 lets the driver
+/// lay a request out across descriptors as it likes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest address.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable.
+    pub write_only: bool,
+}
+
+/// A parsed request, borrowing its data segments.
 #[derive(Debug)]
 pub struct Request<'a> {
     /// The request type.
     pub request_type: u32,
     /// First sector.
     pub sector: u64,
-    /// Data descriptors in order.
-    pub data: &'a [Descriptor],
+    /// Data segments in order.
+    pub data: &'a [Segment],
     /// Total data length.
     pub data_len: u64,
 }
@@ -62,16 +75,21 @@ pub enum Parsed<'a> {
     Unusable,
 }
 
-/// Parses one chain's descriptors (collected by the caller, at most [`MAX_DESCRIPTORS`]).
-pub fn parse<'a>(mem: &GuestMemoryMmap, descs: &'a [Descriptor]) -> Parsed<'a> {
-    let (Some(header), Some(status)) = (descs.first(), descs.last()) else {
+const HEADER_LEN: usize = std::mem::size_of::<RequestHeader>();
+
+/// Parses one chain's descriptors (collected by the caller, at most [`MAX_DESCRIPTORS`]):
+/// the first 16 bytes of the chain are the header (device-readable), its last byte the status
+/// (device-writable), everything in between data. `segs` is scratch space reused across
+/// requests; the request's data segments are left in it.
+pub fn parse<'a>(
+    mem: &GuestMemoryMmap,
+    descs: &[Descriptor],
+    segs: &'a mut Vec<Segment>,
+) -> Parsed<'a> {
+    let Some(status) = descs.last() else {
         return Parsed::Unusable;
     };
-    if descs.len() < 2
-        || descs.len() > MAX_DESCRIPTORS
-        || !status.is_write_only()
-        || status.len() == 0
-    {
+    if descs.len() > MAX_DESCRIPTORS || !status.is_write_only() || status.len() == 0 {
         return Parsed::Unusable;
     }
     // The status byte is the last byte of the last descriptor.
@@ -82,19 +100,55 @@ pub fn parse<'a>(mem: &GuestMemoryMmap, descs: &'a [Descriptor]) -> Parsed<'a> {
         return Parsed::Unusable;
     }
     let ioerr = Parsed::Fail(VIRTIO_BLK_S_IOERR as u8, status_addr);
-    if header.is_write_only() || (header.len() as usize) < std::mem::size_of::<RequestHeader>() {
+
+    segs.clear();
+    let last = descs.len() - 1;
+    for (i, d) in descs.iter().enumerate() {
+        let len = if i == last { d.len() - 1 } else { d.len() };
+        segs.push(Segment {
+            addr: d.addr(),
+            len,
+            write_only: d.is_write_only(),
+        });
+    }
+    // The header: the first 16 bytes, from device-readable segments.
+    let mut h = RequestHeader::default();
+    let header = h.as_mut_slice();
+    let mut got = 0usize;
+    let mut consumed = 0usize;
+    for seg in segs.iter_mut() {
+        if got == HEADER_LEN {
+            break;
+        }
+        if seg.write_only {
+            return ioerr;
+        }
+        let take = (seg.len as usize).min(HEADER_LEN - got);
+        if mem
+            .read_slice(&mut header[got..got + take], seg.addr)
+            .is_err()
+        {
+            return ioerr;
+        }
+        got += take;
+        // `take` fits the segment: the address stays inside the checked range.
+        seg.addr = GuestAddress(seg.addr.0.wrapping_add(take as u64));
+        seg.len -= take as u32;
+        if seg.len == 0 {
+            consumed += 1;
+        }
+    }
+    if got < HEADER_LEN {
         return ioerr;
     }
-    let Ok(h) = mem.read_obj::<RequestHeader>(header.addr()) else {
-        return ioerr;
-    };
-    let data = &descs[1..descs.len() - 1];
-    let data_len: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+    segs.drain(..consumed);
+    segs.retain(|s| s.len > 0);
+    let data_len: u64 = segs.iter().map(|d| u64::from(d.len)).sum();
     Parsed::Request(
         Request {
             request_type: h.request_type,
             sector: h.sector,
-            data,
+            data: segs,
             data_len,
         },
         status_addr,
@@ -103,11 +157,14 @@ pub fn parse<'a>(mem: &GuestMemoryMmap, descs: &'a [Descriptor]) -> Parsed<'a> {
 
 /// Executes a parsed request; returns the status and the number of bytes written to guest
 /// memory before the status byte. `iovecs` is scratch space reused across requests.
+/// `write_through`: the driver did not negotiate FLUSH, so it treats the disk as having no
+/// volatile cache (virtio 1.2 §5.2.5) and every write is made durable before it completes.
 pub fn execute(
     mem: &GuestMemoryMmap,
-    disk: &Disk,
+    disk: &mut Disk,
     req: &Request<'_>,
     iovecs: &mut Vec<libc::iovec>,
+    write_through: bool,
 ) -> (u8, u32) {
     const OK: u8 = VIRTIO_BLK_S_OK as u8;
     const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
@@ -117,7 +174,10 @@ pub fn execute(
             if !is_read && disk.read_only {
                 return (IOERR, 0);
             }
-            if req.data.iter().any(|d| d.is_write_only() != is_read) {
+            if !is_read && disk.sync_failed {
+                return (IOERR, 0);
+            }
+            if req.data.iter().any(|d| d.write_only != is_read) {
                 return (IOERR, 0);
             }
             if !req.data_len.is_multiple_of(SECTOR_SIZE) || req.data_len > u64::from(u32::MAX) {
@@ -133,6 +193,7 @@ pub fn execute(
             let offset = req.sector * SECTOR_SIZE;
             match transfer(disk, iovecs, offset, is_read) {
                 Ok(()) if is_read => (OK, req.data_len as u32),
+                Ok(()) if write_through => sync(disk),
                 Ok(()) => (OK, 0),
                 Err(e) => {
                     debug!("block: transfer at sector {} failed: {e}", req.sector);
@@ -144,13 +205,10 @@ pub fn execute(
             if disk.read_only {
                 return (OK, 0);
             }
-            match disk.file.sync_data() {
-                Ok(()) => (OK, 0),
-                Err(_) => (IOERR, 0),
-            }
+            sync(disk)
         }
         VIRTIO_BLK_T_GET_ID => {
-            if req.data.iter().any(|d| !d.is_write_only()) || req.data.is_empty() {
+            if req.data.iter().any(|d| !d.write_only) || req.data.is_empty() {
                 return (IOERR, 0);
             }
             let mut id = [0u8; ID_BYTES];
@@ -161,9 +219,9 @@ pub fn execute(
                 if written == ID_BYTES {
                     break;
                 }
-                let take = (d.len() as usize).min(ID_BYTES - written);
+                let take = (d.len as usize).min(ID_BYTES - written);
                 if mem
-                    .write_slice(&id[written..written + take], d.addr())
+                    .write_slice(&id[written..written + take], d.addr)
                     .is_err()
                 {
                     return (IOERR, 0);
@@ -176,19 +234,33 @@ pub fn execute(
     }
 }
 
+/// Makes the disk's written data durable. A failure is remembered: the kernel reports a
+/// writeback error once, so a later successful sync would not mean the data is there; every
+/// later write and flush fails instead.
+fn sync(disk: &mut Disk) -> (u8, u32) {
+    if !disk.sync_failed && disk.file.sync_data().is_ok() {
+        return (VIRTIO_BLK_S_OK as u8, 0);
+    }
+    if !disk.sync_failed {
+        log::error!("block: cannot sync the disk image: writes fail from now on");
+    }
+    disk.sync_failed = true;
+    (VIRTIO_BLK_S_IOERR as u8, 0)
+}
+
 /// Turns data segments into host iovecs, each checked to lie inside one guest RAM region.
 fn build_iovecs(
     mem: &GuestMemoryMmap,
-    data: &[Descriptor],
+    data: &[Segment],
     iovecs: &mut Vec<libc::iovec>,
 ) -> Result<(), ()> {
     iovecs.clear();
     for d in data {
-        let len = d.len();
+        let len = d.len;
         if len == 0 {
             continue;
         }
-        let slice = mem.get_slice(d.addr(), len as usize).map_err(|_| ())?;
+        let slice = mem.get_slice(d.addr, len as usize).map_err(|_| ())?;
         iovecs.push(libc::iovec {
             iov_base: slice.ptr_guard_mut().as_ptr().cast(),
             iov_len: len as usize,
