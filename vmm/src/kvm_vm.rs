@@ -48,9 +48,6 @@ pub enum VmError {
     /// The GSI routing table could not be allocated.
     #[error("Cannot allocate the interrupt routing table")]
     Routing,
-    /// Reading the supported CPUID failed.
-    #[error("Failed to read the host's supported CPUID")]
-    SupportedCpuid(#[source] kvm_ioctls::Error),
 }
 
 /// The KVM system handle and one VM.
