@@ -390,3 +390,37 @@ fn six_concurrent_linux_boots_reach_init() {
         );
     }
 }
+
+#[test]
+fn an_initramfs_where_the_bzimage_decompresses_is_refused() {
+    // The project's bzImage decompresses itself into [16 MiB, 16 MiB + init_size); with 32 MiB
+    // of RAM an 8 MiB initramfs placed at the top would land inside that range.
+    if !require_kvm() {
+        return;
+    }
+    let (_, bzimage) = guest_kernel();
+    let initrd = sparse_file("big-initrd.img", 8 << 20);
+    let r = run_ember(
+        &[
+            "--kernel",
+            s(bzimage),
+            "--initrd",
+            s(&initrd),
+            "--memory",
+            "32M",
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code(), 1, "{r:?}");
+    assert!(
+        r.stderr.contains("does not fit in guest memory"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stdout.contains("Linux version"),
+        "the guest must not start"
+    );
+    let _ = std::fs::remove_file(initrd);
+}

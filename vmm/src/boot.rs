@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::bootparam::{setup_header, XLF_KERNEL_64};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -90,7 +90,8 @@ pub struct LoadedKernel {
     pub protocol: BootProtocol,
     /// Guest-physical entry point.
     pub entry: u64,
-    /// End of the loaded image.
+    /// End of what the kernel occupies: the loaded image, and for a bzImage also the range it
+    /// decompresses itself into (`init_size`), which the initramfs must stay clear of.
     pub end: u64,
     /// The bzImage setup header, if any.
     pub header: Option<setup_header>,
@@ -134,6 +135,27 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         })?;
         let header = r.setup_header.unwrap_or_default();
         let version = header.version;
+        // Ember enters a bzImage at its 64-bit entry: protocol 2.12+ announces it.
+        if version < 0x20c || header.xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(BootError::BadKernel {
+                path: path.to_path_buf(),
+                kind: "bzImage",
+                reason: format!(
+                    "no 64-bit entry point (boot protocol {}.{:02}, needs 2.12 with XLF_KERNEL_64)",
+                    version >> 8,
+                    version & 0xff
+                ),
+            });
+        }
+        // The kernel decompresses itself into [max(pref_address, load aligned up to
+        // kernel_alignment), + init_size) (boot protocol 2.10+): nothing may be placed there.
+        let load = r.kernel_load.0;
+        let align = u64::from(header.kernel_alignment).max(1);
+        let runtime_start = load
+            .checked_next_multiple_of(align)
+            .unwrap_or(load)
+            .max(header.pref_address);
+        let runtime_end = runtime_start.saturating_add(u64::from(header.init_size));
         let cmdline_max = if version >= 0x206 {
             (header.cmdline_size as usize).min(CMDLINE_MAX - 1)
         } else {
@@ -147,7 +169,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         Ok(LoadedKernel {
             protocol: BootProtocol::Linux64,
             entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
-            end: r.kernel_end,
+            end: r.kernel_end.max(runtime_end),
             header: Some(header),
             cmdline_max,
             initrd_addr_max,

@@ -126,7 +126,9 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                 // unless it is the last level, shared by the whole package.
                 let level = (e.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { count - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
+                // Both fields saturate (6 and 12 bits): 65 vCPUs must not read as one core.
+                e.eax =
+                    (e.eax & 0x3fff) | (sharing.min(0xfff) << 14) | ((count - 1).min(0x3f) << 26);
             }
             0xb | 0x1f => {
                 e.edx = apic_id;
