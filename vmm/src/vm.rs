@@ -346,10 +346,18 @@ impl VmHandle {
 /// The command line the guest gets: the user's (or the default), the disks' virtio-mmio
 /// entries, `root=/dev/vda` when the first disk is the root, and the PVM options.
 fn compose_cmdline(config: &VmConfig, disk_entries: &[String], pvm_compat: bool) -> String {
-    let mut cmdline = config
-        .cmdline
-        .clone()
-        .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    let user = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    // Everything after a `--` word goes to init, so Ember's parameters go before it. (By hand
+    // rather than with linux-loader's `Cmdline`, which refuses the tabs Linux and Ember's
+    // configuration accept.)
+    let (kernel_part, init_part) = match user.split_whitespace().position(|w| w == "--") {
+        Some(i) => {
+            let words: Vec<&str> = user.split_whitespace().collect();
+            (words[..i].join(" "), Some(words[i + 1..].join(" ")))
+        }
+        None => (user.to_string(), None),
+    };
+    let mut cmdline = kernel_part;
     for e in disk_entries {
         cmdline.push(' ');
         cmdline.push_str(e);
@@ -378,6 +386,10 @@ fn compose_cmdline(config: &VmConfig, disk_entries: &[String], pvm_compat: bool)
         );
         cmdline.push(' ');
         cmdline.push_str(arch::x86_64::cpuid::PVM_GUEST_CMDLINE);
+    }
+    if let Some(init) = init_part {
+        cmdline.push_str(" -- ");
+        cmdline.push_str(&init);
     }
     cmdline.trim().to_string()
 }
@@ -413,5 +425,13 @@ mod tests {
         assert!(compose_cmdline(&c, &e, true).ends_with(arch::x86_64::cpuid::PVM_GUEST_CMDLINE));
         c.cmdline = None;
         assert!(compose_cmdline(&c, &[], false).starts_with(DEFAULT_CMDLINE));
+        // Words after `--` belong to init: Ember's parameters go before them, and a `root=`
+        // there does not count.
+        c.initrd = None;
+        c.cmdline = Some("console=ttyS0 -- single root=/dev/x".into());
+        assert_eq!(
+            compose_cmdline(&c, &e, false),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 root=/dev/vda ro -- single root=/dev/x"
+        );
     }
 }
