@@ -153,3 +153,39 @@ fn a_shrinking_image_gives_the_guest_io_errors() {
     assert_eq!(status.code(), Some(0), "the VM ends normally");
     let _ = std::fs::remove_file(img);
 }
+
+#[test]
+fn sigterm_stops_a_vm_whose_console_nobody_reads() {
+    // The guest prints far more than a pipe holds and nobody reads it: its vCPU blocks in the
+    // console write. SIGTERM must still end the VM (the blocked write gives up once the VM is
+    // stopping) instead of hanging on the full pipe.
+    if !require_kvm() {
+        return;
+    }
+    let kernel = common::tiny_guest().to_str().expect("utf-8").to_string();
+    let mut child = Command::new(ember_bin())
+        .args(["--kernel", &kernel, "--cmdline", "action=pattern:1000000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().expect("wait").is_none(), "still printing");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("ember hung on its blocked console after SIGTERM");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+}

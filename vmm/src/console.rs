@@ -217,7 +217,22 @@ impl Write for ConsoleWriter {
             }
         }
         if let Some(s) = self.sink.as_mut() {
-            s.write_all(buf)?;
+            // Like `write_all`, except that a write blocked on a sink nobody drains (a full
+            // pipe, a stopped terminal) gives up once the VM is stopping: the vCPU's kick
+            // interrupts it, and the bytes are dropped rather than the VM never ending.
+            let mut rest = buf;
+            while !rest.is_empty() {
+                match s.write(rest) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        if self.control.as_ref().is_some_and(|c| c.should_stop()) {
+                            return Ok(buf.len());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             s.flush()?;
         }
         Ok(buf.len())
