@@ -379,7 +379,7 @@ fn six_concurrent_linux_boots_reach_init() {
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().expect("wait");
+        let out = common::output_within(child, T);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("Run /init as init process"), "{stdout}");
         assert_eq!(

@@ -167,6 +167,9 @@ fn smp_and_large_memory_guests_boot() {
     }
     let r = tiny("action=exit:9", &["--cpus", "8", "--memory", "5G"]);
     assert_eq!(r.code(), 9, "{r:?}");
+    // The largest VM the CLI accepts: 254 vCPUs (APIC IDs 0..=253, the I/O APIC takes 254).
+    let r = tiny("action=exit:7", &["--cpus", "254", "--memory", "64M"]);
+    assert_eq!(r.code(), 7, "{r:?}");
 }
 
 #[test]

@@ -38,7 +38,7 @@ fn thirty_two_embers_at_once() {
         })
         .collect();
     for (i, child) in children {
-        let out = child.wait_with_output().expect("wait");
+        let out = common::output_within(child, std::time::Duration::from_secs(120));
         assert_eq!(out.status.code(), Some(i32::from(i)), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ember-{i}\n"));
     }

@@ -244,3 +244,35 @@ pub fn sparse_file(name: &str, size: u64) -> PathBuf {
     f.set_len(size).expect("size");
     p
 }
+
+/// `child.wait_with_output()`, but the child is killed (and the test fails) if it has not
+/// ended within `timeout`: a hung VM fails its test instead of hanging the suite.
+pub fn output_within(child: std::process::Child, timeout: Duration) -> std::process::Output {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pid = child.id() as libc::pid_t;
+    let done = Arc::new(AtomicBool::new(false));
+    let fired = Arc::new(AtomicBool::new(false));
+    let (d, f) = (done.clone(), fired.clone());
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + timeout;
+        while !d.load(Ordering::SeqCst) {
+            if Instant::now() > deadline {
+                f.store(true, Ordering::SeqCst);
+                // SAFETY: a signal to a child we have not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let out = child.wait_with_output().expect("wait");
+    done.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    assert!(
+        !fired.load(Ordering::SeqCst),
+        "killed after {timeout:?}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
