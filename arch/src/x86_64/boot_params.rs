@@ -4,7 +4,9 @@
 //! start_info.h) for the PVH entry. Both carry the command line, the initramfs and the e820 map.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
+};
 
 use super::layout::{CMDLINE, PVH_MEMMAP, PVH_MODLIST};
 use super::memory::e820_map;
@@ -13,7 +15,6 @@ const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
-const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 
 /// The initramfs as loaded in guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! Boot GDT (Intel SDM vol. 3A §3.4.5): flat code and data segments, and the matching
 //! `kvm_segment` values for the special registers. Two flavours: 64-bit long mode for the
 //! Linux 64-bit boot protocol and 32-bit protected mode for the PVH entry.
+//! Written here because no rust-vmm crate builds boot GDTs (each VMM has its own, as this).
+//! Selectors 0x08 (code) and 0x10 (data) differ from boot.rst's __BOOT_CS/__BOOT_DS (0x10,
+//! 0x18), as Firecracker's and Cloud Hypervisor's do: Linux loads its own GDT at once.
 
 use kvm_bindings::kvm_segment;
 

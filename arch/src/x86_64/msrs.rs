@@ -1,5 +1,6 @@
 //! Model-specific registers set before the first instruction (Intel SDM vol. 4): SYSCALL and
 //! SYSENTER state cleared, fast strings enabled, write-back as the default memory type.
+//! Written here because no rust-vmm crate lists boot MSRs.
 
 use kvm_bindings::kvm_msr_entry;
 

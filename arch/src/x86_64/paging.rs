@@ -1,6 +1,7 @@
 //! Identity page tables for the 64-bit boot protocol (Intel SDM vol. 3A §4.5): one PML4 entry,
 //! one PDPT entry and 512 2-MiB pages, mapping the first 1 GiB, which the Linux 64-bit entry
-//! requires for the kernel, the zero page and the command line.
+//! requires for the kernel, the zero page and the command line. Written here because no
+//! rust-vmm crate builds boot page tables.
 
 use super::layout::{PDE, PDPTE, PML4};
 

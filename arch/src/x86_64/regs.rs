@@ -1,6 +1,7 @@
 //! Boot register state (Intel SDM vol. 3A §9, the Linux x86 boot protocol §"64-bit boot
 //! protocol", and the PVH boot ABI): general registers, special registers, FPU and LAPIC
-//! LINT pins. Pure builders over `kvm_bindings` structures; `vmm` applies them.
+//! LINT pins. Pure builders over `kvm_bindings` structures; `vmm` applies them. Written here
+//! because rust-vmm has no crate for an x86 vCPU's boot state.
 
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs, kvm_sregs};
 

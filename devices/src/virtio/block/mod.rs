@@ -14,7 +14,7 @@ pub use handler::BlockHandler;
 
 /// Size of a virtio-blk sector in bytes.
 pub const SECTOR_SIZE: u64 = 512;
-/// Length of the GET_ID answer (`VIRTIO_BLK_ID_BYTES`).
-pub const ID_BYTES: usize = 20;
+/// Length of the GET_ID answer.
+pub const ID_BYTES: usize = virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
