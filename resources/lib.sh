@@ -18,3 +18,31 @@ ensure_packages() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2 \
         || die "apt-get install ${need[*]} failed"
 }
+
+# build_init: compiles the guest init (resources/initramfs/init.c) statically with musl and
+# prints the path of the binary, cached in ~/.cache/ember/init-<key> (key: the source, the
+# musl version and this function's flags).
+build_init() {
+    local here src cache key out tmp
+    here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    src="$here/initramfs/init.c"
+    cache="${EMBER_CACHE_DIR:-$HOME/.cache/ember}"
+    ensure_packages musl-tools
+    local flags=(-static -Os -s -Wall -Wextra -Werror -fno-asynchronous-unwind-tables)
+    key="$(
+        {
+            dpkg-query -W -f='musl ${Version}\n' musl-tools
+            printf '%s\n' "${flags[*]}"
+            cat "$src"
+        } | sha256sum | cut -c1-16
+    )"
+    out="$cache/init-$key"
+    if [[ ! -x $out ]]; then
+        mkdir -p "$cache"
+        tmp="$(mktemp "$cache/.init-$key.XXXXXX")"
+        musl-gcc "${flags[@]}" -o "$tmp" "$src" >&2 || { rm -f "$tmp"; die "cannot compile $src"; }
+        chmod 0755 "$tmp"
+        mv -f "$tmp" "$out"
+    fi
+    printf '%s\n' "$out"
+}

@@ -4,23 +4,24 @@
 #   resources/initramfs/build.sh [--gzip | --uncompressed]
 #                                (or EMBER_INITRAMFS_COMPRESS=gzip|none)
 #
-# Contents: /init (resources/initramfs/init), /bin/busybox (from Debian's
-# busybox-static), /bin/sh and the usual empty mount points. Nothing else:
-# every archive entry and every byte costs boot time when the guest kernel
-# runs under kvm-pvm's instruction emulator (the ~400 applet symlinks took
-# ~20 s to unpack there, gzip decompression of 1 MiB ~70 s), so /init makes
-# the applet links at boot with `busybox --install -s`. The default is a plain
-# .cpio (the kernel takes it as is): ~70 s faster to unpack there than gzip;
-# --gzip makes a smaller .cpio.gz.
+# Contents: /init (resources/initramfs/init.c, a small static program),
+# /bin/busybox (from Debian's busybox-static), /bin/sh, /etc/busybox-applets
+# (the applet names, for init to run a command such as `ls` that has no link)
+# and the usual empty mount points. Nothing else: every archive entry and every
+# byte costs boot time when the guest kernel runs under kvm-pvm's instruction
+# emulator (the ~400 applet symlinks took ~20 s to unpack there, gzip
+# decompression of 1 MiB ~70 s). Busybox's shell runs its applets without
+# links (FEATURE_SH_STANDALONE). The default is a plain .cpio (the kernel takes
+# it as is): ~70 s faster to unpack there than gzip; --gzip makes a smaller
+# .cpio.gz.
 #
 # Cached in ~/.cache/ember/initramfs-<key>.cpio[.gz], <key> = first 16 hex
-# digits of sha256 over init, this script, the busybox-static version and
+# digits of sha256 over the init binary, this script, the busybox-static version and
 # the compression. Progress goes to stderr; the last stdout line is the path
 # of the archive.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-INIT="$HERE/init"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
 CACHE_ROOT="${EMBER_CACHE_DIR:-$HOME/.cache/ember}"
 COMPRESS="${EMBER_INITRAMFS_COMPRESS:-none}"
@@ -41,6 +42,7 @@ LOG_TAG=initramfs
 source "$HERE/../lib.sh"
 
 ensure_packages busybox-static cpio gzip
+INIT="$(build_init)"
 
 BUSYBOX="$(dpkg-query -L busybox-static | grep -E '/s?bin/busybox$' | head -n1)"
 [[ -x $BUSYBOX ]] || die "busybox-static binary not found"
@@ -74,6 +76,7 @@ install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
 "$BUSYBOX" --list-full | grep -qx 'bin/sh' || die "busybox has no sh applet"
 ln -s busybox "$ROOT/bin/sh"
 install -m 0755 "$INIT" "$ROOT/init"
+"$BUSYBOX" --list >"$ROOT/etc/busybox-applets"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOT/etc/passwd"
 printf 'root:x:0:\n' >"$ROOT/etc/group"
 

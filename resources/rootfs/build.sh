@@ -4,19 +4,18 @@
 #   resources/rootfs/build.sh [SIZE_MIB]      (default 64; or EMBER_ROOTFS_SIZE_MIB)
 #
 # Contents: /bin/busybox with a symlink per applet (`busybox --install -s`
-# done on the host), /sbin/init = resources/initramfs/init (/init links to
+# done on the host), /sbin/init = the compiled resources/initramfs/init.c (/init links to
 # it), empty /dev /proc /sys /tmp /run /root /mnt, a minimal /etc. Made with
 # `mkfs.ext4 -d` (no loop mount, no root needed; run as root so that files
 # are owned by root in the image).
 #
 # Cached in ~/.cache/ember/rootfs-<key>.ext4, <key> = first 16 hex digits of
-# sha256 over the init script, this script, the busybox-static and e2fsprogs
+# sha256 over the init binary, this script, the busybox-static and e2fsprogs
 # versions and the size. Progress goes to stderr; the last stdout line is the
 # image path. The cached image is shared: callers copy it before writing.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-INIT="$HERE/../initramfs/init"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
 CACHE_ROOT="${EMBER_CACHE_DIR:-$HOME/.cache/ember}"
 SIZE_MIB="${1:-${EMBER_ROOTFS_SIZE_MIB:-64}}"
@@ -26,9 +25,9 @@ LOG_TAG=rootfs
 source "$HERE/../lib.sh"
 
 [[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "bad size '$SIZE_MIB' (MiB, >= 8)"
-[[ -f $INIT ]] || die "$INIT not found"
 
 ensure_packages busybox-static e2fsprogs
+INIT="$(build_init)"
 MKFS="$(command -v mkfs.ext4 || echo /sbin/mkfs.ext4)"
 [[ -x $MKFS ]] || die "mkfs.ext4 not found"
 
