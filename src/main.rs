@@ -10,7 +10,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 
@@ -19,7 +18,8 @@ use vmm::{Console, ConsoleInput, ConsoleOutput, PvmMode, Vm, VmConfig};
 /// Ember: a minimal, fast and secure virtual machine monitor on Linux KVM.
 ///
 /// Boots a Linux kernel (ELF vmlinux or bzImage) with its serial console on this terminal.
-/// Ctrl-C, SIGTERM or SIGHUP stop the VM.
+/// Ctrl-C or SIGTERM ask the guest to shut down (then stop it after --stop-grace); SIGHUP
+/// stops it at once.
 #[derive(Parser, Debug)]
 // A flag given twice takes its last value (`resources/boot.sh --cpus 4` overrides the
 // script's own `--cpus 2`).
@@ -69,6 +69,10 @@ struct Cli {
     /// console is a phase.
     #[arg(long, value_name = "STR", default_value = "Run /init as init process")]
     boot_timer_marker: String,
+    /// Seconds a guest gets to shut down cleanly after SIGINT or SIGTERM (Ctrl+Alt+Del on its
+    /// keyboard) before it is stopped by force; 0 stops it at once. A second signal forces.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_grace)]
+    stop_grace: f64,
     /// Print the default kernel command line and exit.
     #[arg(long, exclusive = true, hide = true)]
     print_default_cmdline: bool,
@@ -155,6 +159,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     let boot_timer = cli.boot_timer;
+    let stop_grace = std::time::Duration::from_secs_f64(cli.stop_grace);
     if cli.print_default_cmdline {
         println!("{}", vmm::DEFAULT_CMDLINE);
         return Ok(0);
@@ -214,10 +219,8 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     }
     let mut handle = Vm::start_with_console(config, console).map_err(|e| error_chain(&e))?;
 
-    let stopper = Arc::new(handle.stopper());
-    terminal::spawn_signal_thread(signals, seccomp, move |sig| {
+    terminal::spawn_signal_thread(signals, seccomp, stop_grace, handle.stopper(), |sig| {
         SIGNAL.store(sig, Ordering::SeqCst);
-        stopper.kill();
     })
     .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
     if seccomp {
@@ -240,6 +243,13 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         eprintln!("ember: {}", exit.reason);
     }
     Ok(exit.reason.exit_code() as u8)
+}
+
+fn parse_grace(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds from 0 to 3600")),
+    }
 }
 
 fn dup_file(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<File> {

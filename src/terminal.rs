@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 /// Puts a terminal in raw mode (no line editing, no echo; Ctrl-C still signals) and restores
 /// it when dropped. Does nothing when the file is not a terminal.
@@ -74,10 +75,15 @@ pub fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
     }
 }
 
-/// Starts a thread that waits for one of the stop signals and calls `on_signal` with it.
+/// Starts a thread that turns the stop signals into a VM stop. SIGINT and SIGTERM ask the
+/// guest to shut down (`stopper.request_shutdown()`) and force the stop after `grace`, or at
+/// once on a second signal; SIGHUP and SIGQUIT, or a guest that cannot be asked, force it at
+/// once. `on_signal` is told the first signal.
 pub fn spawn_signal_thread(
     set: libc::sigset_t,
     seccomp: bool,
+    grace: Duration,
+    stopper: vmm::VmStopper,
     on_signal: impl Fn(i32) + Send + 'static,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -89,13 +95,25 @@ pub fn spawn_signal_thread(
                     return;
                 }
             }
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is an initialised signal set and `sig` a valid out-pointer.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    on_signal(sig);
-                }
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialised signal set and `sig` a valid out-pointer.
+            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            on_signal(sig);
+            let graceful = matches!(sig, libc::SIGINT | libc::SIGTERM) && !grace.is_zero();
+            if graceful && stopper.request_shutdown() {
+                log::info!(
+                    "asked the guest to shut down; stopping it in {:.1} s or at the next signal",
+                    grace.as_secs_f64()
+                );
+                let ts = libc::timespec {
+                    tv_sec: grace.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_nsec: grace.subsec_nanos() as libc::c_long,
+                };
+                // Returns on a second signal or when the grace period is over.
+                // SAFETY: valid set and timeout pointers; the siginfo pointer may be null.
+                unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
             }
+            stopper.kill();
         })
         .map(|_| ())
 }

@@ -283,12 +283,7 @@ impl VmHandle {
     /// the VM ended: the guest's own reason if it complied, [`ExitReason::Stopped`] if not.
     pub fn stop(&mut self, grace: Duration) -> VmExit {
         if !self.has_ended() {
-            let typed = self
-                .i8042
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send_ctrl_alt_del();
-            if typed {
+            if self.stopper().request_shutdown() {
                 if let Some(exit) = self.wait_timeout(grace) {
                     return exit;
                 }
@@ -327,19 +322,44 @@ impl Drop for VmHandle {
 /// A cloneable remote control that can stop a VM from any thread (a signal handler thread,
 /// a watchdog) without holding its [`VmHandle`].
 #[derive(Clone)]
-pub struct VmStopper(Arc<VmControl>);
+pub struct VmStopper {
+    control: Arc<VmControl>,
+    i8042: Arc<Mutex<devices::legacy::I8042>>,
+}
 
 impl VmStopper {
     /// Stops the VM at once; its handle's `wait` then returns [`ExitReason::Stopped`].
     pub fn kill(&self) {
-        self.0.request_exit(ExitReason::Stopped);
+        self.control.request_exit(ExitReason::Stopped);
+    }
+
+    /// Asks the guest to shut down: types Ctrl+Alt+Del on its keyboard (the project's init
+    /// then ends its processes, syncs, unmounts its disks and powers off). Returns at once;
+    /// `false` if the keys could not be typed (the guest has not enabled its keyboard, or its
+    /// buffer is full). Whoever calls this decides how long to wait before [`Self::kill`].
+    pub fn request_shutdown(&self) -> bool {
+        if self.control.reason().is_some() {
+            return false;
+        }
+        self.i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_ctrl_alt_del()
+    }
+
+    /// Whether the VM has been asked to stop, by the guest or the host.
+    pub fn is_stopping(&self) -> bool {
+        self.control.reason().is_some()
     }
 }
 
 impl VmHandle {
     /// A remote control for this VM.
     pub fn stopper(&self) -> VmStopper {
-        VmStopper(self.control.clone())
+        VmStopper {
+            control: self.control.clone(),
+            i8042: self.i8042.clone(),
+        }
     }
 }
 
