@@ -1,9 +1,11 @@
 //! The small piece of state every thread of one VM shares: the stop flag, the first exit
-//! reason, the exit eventfd that wakes the event loop, and boot timestamps.
+//! reason, the exit eventfd that wakes the event loop, boot timestamps, and the pause
+//! handshake (a pause is complete when every vCPU and the event loop are parked; a stop or a
+//! resume wakes them all).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
@@ -25,6 +27,34 @@ pub struct VmControl {
     pub boot_timer: std::sync::Arc<OnceLock<Instant>>,
     /// The first exit request: the guest stopped (or was stopped); what follows is teardown.
     pub stop_requested: OnceLock<Instant>,
+    /// Set while a pause is asked for: the run loop's cheap check.
+    pause_flag: AtomicBool,
+    pause: Mutex<PauseState>,
+    pause_cond: Condvar,
+    /// Written to ask the event loop to park.
+    pub pause_evt: EventFd,
+    /// The running vCPU threads, to kick. Emptied (under the lock) before they are joined, so
+    /// no kick goes to a thread that is gone.
+    vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    requested: bool,
+    vcpus_parked: usize,
+    loop_parked: bool,
+}
+
+/// Why a pause did not happen.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PauseError {
+    /// The VM has ended or is ending.
+    #[error("The VM has ended")]
+    Ended,
+    /// Not every vCPU and the event loop parked within the time allowed (a vCPU stuck in a
+    /// host call); the VM goes on running.
+    #[error("The VM did not pause within {0:?}")]
+    Timeout(Duration),
 }
 
 impl VmControl {
@@ -33,19 +63,26 @@ impl VmControl {
         Ok(Self {
             stop: AtomicBool::new(false),
             reason: Mutex::new(None),
-            exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            exit_evt: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             first_run: OnceLock::new(),
             first_output: OnceLock::new(),
             marker: OnceLock::new(),
             boot_timer: std::sync::Arc::new(OnceLock::new()),
             stop_requested: OnceLock::new(),
+            pause_flag: AtomicBool::new(false),
+            pause: Mutex::new(PauseState::default()),
+            pause_cond: Condvar::new(),
+            pause_evt: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            vcpu_threads: Mutex::new(Vec::new()),
         })
     }
 
-    /// Whether the VM is stopping. One relaxed load: cheap enough for the run loop.
+    /// Whether the VM is stopping. One load (a plain `mov` on x86 even sequentially
+    /// consistent): cheap enough for the run loop. Ordered after the vCPU thread published its
+    /// `kvm_run` to the kick handler, so a stop is either seen here or kicks `KVM_RUN`.
     #[inline]
     pub fn should_stop(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::SeqCst)
     }
 
     /// Ends the VM with `reason` unless another reason came first.
@@ -61,6 +98,134 @@ impl VmControl {
         if let Err(e) = self.exit_evt.write(1) {
             warn!("vm: cannot signal the exit event: {e}");
         }
+        // Wake whoever is parked or waiting for a pause.
+        drop(self.pause_state());
+        self.pause_cond.notify_all();
+    }
+
+    fn pause_state(&self) -> MutexGuard<'_, PauseState> {
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a pause is asked for. One load, for the run loop.
+    #[inline]
+    pub fn should_pause(&self) -> bool {
+        self.pause_flag.load(Ordering::SeqCst)
+    }
+
+    /// Records the vCPU threads to kick (once, after they are started).
+    pub fn set_vcpu_threads(&self, threads: Vec<libc::pthread_t>) {
+        *self.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+    }
+
+    /// Forgets the vCPU threads before they are joined: no kick reaches them after this.
+    pub fn forget_vcpu_threads(&self) {
+        self.vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Kicks every vCPU thread out of `KVM_RUN` once.
+    pub fn kick_vcpus(&self) {
+        let threads = self.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner());
+        for &t in threads.iter() {
+            // SAFETY: `t` is a vCPU thread that has not been joined: the list is emptied under
+            // this lock before any is joined.
+            let r = unsafe { libc::pthread_kill(t, crate::vcpu::kick_signal()) };
+            if r != 0 && r != libc::ESRCH {
+                warn!("vm: cannot kick a vCPU thread: errno {r}");
+            }
+        }
+    }
+
+    /// Pauses the VM: every vCPU leaves the guest (finishing the exit it was in) and parks,
+    /// and the event loop finishes what it is doing and parks. Returns once all have parked.
+    pub fn pause(&self, timeout: Duration) -> Result<(), PauseError> {
+        let vcpus = self
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        {
+            let mut st = self.pause_state();
+            if self.should_stop() {
+                return Err(PauseError::Ended);
+            }
+            st.requested = true;
+            self.pause_flag.store(true, Ordering::SeqCst);
+        }
+        self.kick_vcpus();
+        if let Err(e) = self.pause_evt.write(1) {
+            warn!("vm: cannot ask the event loop to pause: {e}");
+        }
+        let deadline = Instant::now() + timeout;
+        let mut st = self.pause_state();
+        while !(st.vcpus_parked >= vcpus && st.loop_parked) {
+            if self.should_stop() {
+                return Err(PauseError::Ended);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(st);
+                self.resume();
+                return Err(PauseError::Timeout(timeout));
+            }
+            st = self
+                .pause_cond
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        Ok(())
+    }
+
+    /// Lets a paused VM run again, and returns once every parked thread is running.
+    pub fn resume(&self) {
+        let mut st = self.pause_state();
+        st.requested = false;
+        self.pause_flag.store(false, Ordering::SeqCst);
+        self.pause_cond.notify_all();
+        while (st.vcpus_parked > 0 || st.loop_parked) && !self.should_stop() {
+            st = self.pause_cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Whether the VM is paused (every thread parked).
+    pub fn is_paused(&self) -> bool {
+        let vcpus = self
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let st = self.pause_state();
+        st.requested && st.vcpus_parked >= vcpus && st.loop_parked
+    }
+
+    /// Called by a vCPU thread that saw [`Self::should_pause`]: parks until resumed or stopped.
+    pub fn park_vcpu(&self) {
+        self.park(|st, delta| {
+            st.vcpus_parked = st.vcpus_parked.wrapping_add_signed(delta);
+        });
+    }
+
+    /// Called by the event loop when asked to pause: parks until resumed or stopped.
+    pub fn park_event_loop(&self) {
+        self.park(|st, delta| st.loop_parked = delta > 0);
+    }
+
+    fn park(&self, mark: impl Fn(&mut PauseState, isize)) {
+        let mut st = self.pause_state();
+        if !st.requested || self.should_stop() {
+            return;
+        }
+        mark(&mut st, 1);
+        self.pause_cond.notify_all();
+        while st.requested && !self.should_stop() {
+            st = self.pause_cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        mark(&mut st, -1);
+        self.pause_cond.notify_all();
     }
 
     /// The recorded exit reason.
@@ -106,5 +271,54 @@ mod tests {
         assert!(c.should_stop());
         assert_eq!(c.reason(), Some(ExitReason::Status(3)));
         assert_eq!(c.exit_evt.read().expect("signalled"), 2);
+    }
+
+    #[test]
+    fn a_pause_completes_when_every_thread_parks_and_a_stop_releases_them() {
+        let c = std::sync::Arc::new(VmControl::new().expect("eventfd"));
+        // Two "vCPUs" (this thread's id stands in: kicks are harmless with the handler) and an
+        // event loop, simulated by threads that park when asked.
+        crate::vcpu::install_kick_handler().expect("handler");
+        // SAFETY: pthread_self is always safe.
+        let me = unsafe { libc::pthread_self() };
+        c.set_vcpu_threads(vec![me, me]);
+        let spawn_parker = |vcpu: bool| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                while !c.should_pause() && !c.should_stop() {
+                    std::thread::yield_now();
+                }
+                if vcpu {
+                    c.park_vcpu();
+                } else {
+                    c.park_event_loop();
+                }
+            })
+        };
+        let too_few = [spawn_parker(true), spawn_parker(false)];
+        assert_eq!(
+            c.pause(Duration::from_millis(200)),
+            Err(PauseError::Timeout(Duration::from_millis(200))),
+            "one vCPU never parked"
+        );
+        for t in too_few {
+            t.join().expect("parker");
+        }
+        assert!(!c.should_pause(), "a failed pause resumes");
+        let all = [spawn_parker(true), spawn_parker(true), spawn_parker(false)];
+        c.pause(Duration::from_secs(10)).expect("all parked");
+        assert!(c.is_paused());
+        c.resume();
+        assert!(!c.is_paused());
+        for t in all {
+            t.join().expect("parker");
+        }
+        let parked = [spawn_parker(true), spawn_parker(true), spawn_parker(false)];
+        c.pause(Duration::from_secs(10)).expect("all parked");
+        c.request_exit(ExitReason::Stopped);
+        for t in parked {
+            t.join().expect("a stop releases parked threads");
+        }
+        assert_eq!(c.pause(Duration::from_secs(1)), Err(PauseError::Ended));
     }
 }

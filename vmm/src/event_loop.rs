@@ -3,29 +3,29 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use log::{error, warn};
-use vmm_sys_util::signal::Killable;
+use log::error;
 
 use crate::control::VmControl;
 use crate::device_manager::Subscriber;
 use crate::exit::ExitReason;
-use crate::vcpu::kick_signal;
 
 /// The event manager type of a VM.
 pub type Manager = EventManager<Subscriber>;
 
-/// Watches the VM's exit eventfd so the loop wakes when a vCPU or device ends the VM.
+/// Watches the VM's exit eventfd, so the loop wakes when a vCPU or device ends the VM, and its
+/// pause eventfd, on which the loop parks until the VM resumes or stops: whatever handler ran
+/// before has finished, so no device request is in flight while the VM is paused.
 pub struct ExitWatcher {
     control: Arc<VmControl>,
 }
 
 impl ExitWatcher {
     const EXIT: u32 = 0;
+    const PAUSE: u32 = 1;
 
-    /// Watches `control.exit_evt`.
+    /// Watches `control.exit_evt` and `control.pause_evt`.
     pub fn new(control: Arc<VmControl>) -> Self {
         Self { control }
     }
@@ -40,13 +40,27 @@ impl MutEventSubscriber for ExitWatcher {
         )) {
             error!("vm: cannot watch the exit event: {e:?}");
         }
+        if let Err(e) = ops.add(Events::with_data(
+            &self.control.pause_evt,
+            Self::PAUSE,
+            EventSet::IN,
+        )) {
+            error!("vm: cannot watch the pause event: {e:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.data() == Self::EXIT {
-            let _ = self.control.exit_evt.read();
-        } else {
-            let _ = ops.remove(events);
+        match events.data() {
+            Self::EXIT => {
+                let _ = self.control.exit_evt.read();
+            }
+            Self::PAUSE => {
+                let _ = self.control.pause_evt.read();
+                self.control.park_event_loop();
+            }
+            _ => {
+                let _ = ops.remove(events);
+            }
         }
     }
 }
@@ -76,20 +90,14 @@ pub fn run_until_stop(em: &mut Manager, control: &VmControl) {
     }
 }
 
-/// Stops and joins every vCPU thread: the stop flag is already set; each thread still
-/// running is kicked out of `KVM_RUN` until it ends.
+/// Stops and joins every vCPU thread: sets the stop flag, kicks each thread once (the kick
+/// cannot be lost: see [`crate::vcpu`]) and joins them all. No polling.
 pub fn stop_vcpus(control: &VmControl, threads: Vec<JoinHandle<()>>) {
     control.request_exit(ExitReason::Stopped);
+    control.kick_vcpus();
+    // No kick may reach a thread once it is joined (its id could be reused).
+    control.forget_vcpu_threads();
     for t in threads {
-        let mut tries = 0u32;
-        while !t.is_finished() {
-            if let Err(e) = t.kill(kick_signal()) {
-                warn!("vm: cannot kick a vCPU thread: {e}");
-            }
-            tries += 1;
-            let pause = if tries < 100 { 100 } else { 1000 };
-            std::thread::sleep(Duration::from_micros(pause));
-        }
         if t.join().is_err() {
             error!("vm: a vCPU thread panicked");
         }

@@ -32,6 +32,7 @@ pub use config::{
     DEFAULT_CMDLINE, DEFAULT_THP,
 };
 pub use console::{Capture, Console, ConsoleInput, ConsoleOutput};
+pub use control::PauseError;
 pub use exit::ExitReason;
 pub use vm::{Timestamps, Vm, VmExit, VmHandle, VmStopper};
 

@@ -5,9 +5,12 @@
 //! being accessed, and makes no system call beyond `KVM_RUN`. Port and MMIO exits go to the
 //! [`IoBuses`]; anything that ends the VM is reported to the [`VmControl`].
 //!
-//! Other threads stop a vCPU by setting the stop flag and sending it [`kick_signal`], which
-//! makes a blocked `KVM_RUN` return `EINTR`.
+//! Other threads stop a vCPU by setting the stop flag and sending it [`kick_signal`] once: the
+//! handler sets `immediate_exit` in the thread's `kvm_run`, so a `KVM_RUN` in the guest or
+//! about to enter it returns `EINTR`, and the loop then sees the flag (KVM API, §4.4
+//! `immediate_exit`). A kick cannot be lost, so stopping needs no re-kicking or polling.
 
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -184,13 +187,37 @@ impl Vcpu {
             return;
         }
         control.mark_first_run();
-        // kvm_run stays mapped at this address for the vCPU's life; only `io.size` is read
-        // through it, after an I/O exit, to split string I/O (`rep outs`/`rep ins`) into the
-        // accesses it stands for (kvm-ioctls hands over all `count * size` bytes at once).
-        let run_ptr: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        // kvm_run stays mapped at this address for the vCPU's life. Through it the kick handler
+        // sets `immediate_exit`, and after an I/O exit `io.size` is read to split string I/O
+        // (`rep outs`/`rep ins`) into the accesses it stands for (kvm-ioctls hands over all
+        // `count * size` bytes at once).
+        let run_ptr: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|p| p.set(run_ptr));
+        self.run_loop(buses, control, run_ptr);
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+        if log::log_enabled!(log::Level::Debug) {
+            let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+            debug!("vcpu{}: stopped at guest RIP {rip:#x}", self.id);
+        }
+    }
+
+    fn run_loop(
+        &mut self,
+        buses: &IoBuses,
+        control: &VmControl,
+        run_ptr: *const kvm_bindings::kvm_run,
+    ) {
         loop {
             if control.should_stop() {
                 break;
+            }
+            if control.should_pause() {
+                if let Some(stop) = self.park(buses, control, run_ptr) {
+                    let reason = self.describe(stop);
+                    control.request_exit(reason);
+                    break;
+                }
+                continue;
             }
             let action = match self.fd.run() {
                 Ok(exit) => {
@@ -229,10 +256,49 @@ impl Vcpu {
                 }
             }
         }
-        if log::log_enabled!(log::Level::Debug) {
-            let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-            debug!("vcpu{}: stopped at guest RIP {rip:#x}", self.id);
+    }
+
+    /// Parks this vCPU for a pause. First the exit it was in is finished: a port or MMIO read
+    /// whose data the guest has not received yet is completed by `KVM_RUN` with
+    /// `immediate_exit` set, which returns `EINTR` without entering the guest (KVM API,
+    /// `immediate_exit`); string I/O may need more exits on the way, handled as usual. Then
+    /// the guest's kvmclock is told it was paused (`KVM_KVMCLOCK_CTRL`; refused, harmlessly,
+    /// when the guest does not use kvmclock). Returns a stop if an exit on the way ends the VM.
+    fn park(
+        &mut self,
+        buses: &IoBuses,
+        control: &VmControl,
+        run_ptr: *const kvm_bindings::kvm_run,
+    ) -> Option<VcpuStop> {
+        loop {
+            self.fd.set_kvm_immediate_exit(1);
+            match self.fd.run() {
+                Ok(exit) => {
+                    let io_size = match exit {
+                        // SAFETY: as in the run loop: `run_ptr` is this vCPU's mapped kvm_run.
+                        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => unsafe {
+                            std::ptr::addr_of!((*run_ptr).__bindgen_anon_1.io.size).read()
+                        },
+                        _ => 0,
+                    };
+                    if let ExitAction::Stop(stop) = handle_exit(exit, buses, usize::from(io_size)) {
+                        self.fd.set_kvm_immediate_exit(0);
+                        return Some(stop);
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break,
+                Err(e) => {
+                    debug!("vcpu{}: KVM_RUN while pausing: {e}", self.id);
+                    break;
+                }
+            }
         }
+        self.fd.set_kvm_immediate_exit(0);
+        if let Err(e) = self.fd.kvmclock_ctrl() {
+            trace!("vcpu{}: KVM_KVMCLOCK_CTRL: {e}", self.id);
+        }
+        control.park_vcpu();
+        None
     }
 
     /// Turns a stop into an exit reason, reading what KVM left in `kvm_run` where needed.
@@ -363,10 +429,30 @@ pub fn kick_signal() -> libc::c_int {
 /// Offset of the kick signal from `SIGRTMIN`.
 const KICK_SIGNAL_OFFSET: libc::c_int = 0;
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread runs (null outside [`Vcpu::run`]).
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
 
-/// Installs the (empty) kick-signal handler once per process. The handler does nothing: its
-/// only effect is that a blocked `KVM_RUN` returns `EINTR`.
+/// The kick: sets `immediate_exit` in this thread's `kvm_run` (as Firecracker does), so that a
+/// kick landing between the run loop's flag check and `KVM_RUN` makes that `KVM_RUN` return
+/// `EINTR` at once instead of being lost; a `KVM_RUN` already in the guest returns `EINTR`
+/// because of the signal itself.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // A const-initialised `Cell` of a pointer: no lazy initialisation and no destructor, so
+    // the access is a plain TLS load, async-signal-safe. `try_with` fails only while the
+    // thread is being torn down, when there is nothing to kick.
+    let _ = KVM_RUN.try_with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: `run` is set by `Vcpu::run` on this very thread to its vCPU's mapped
+            // kvm_run and cleared before that mapping goes away; a volatile byte store.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick-signal handler once per process.
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     INSTALLED

@@ -12,12 +12,14 @@ use log::info;
 use crate::boot::{load_initrd, load_kernel, write_boot_structures};
 use crate::config::{VmConfig, DEFAULT_CMDLINE};
 use crate::console::{pipe, Console, ConsoleInput, ConsoleWriter};
+use crate::control::PauseError;
 use crate::control::VmControl;
 use crate::device_manager::{create_block_devices, create_boot_timer, create_legacy_devices};
 use crate::event_loop::{create_manager, run_until_stop, stop_vcpus};
 use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
 use crate::memory::{create_guest_memory, use_transparent_huge_pages};
+use crate::seccomp::SeccompMode;
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuBootConfig};
 use crate::Error;
 
@@ -60,6 +62,71 @@ pub struct VmExit {
 struct Done {
     result: Mutex<Option<VmExit>>,
     cond: Condvar,
+}
+
+/// The one owner of a running VM's parts. Dropping it stops and joins every vCPU thread
+/// first, then releases the event loop with the devices, the buses, the KVM VM and guest
+/// memory, in that order (the fields' order), on every path: a start error after the first
+/// vCPU thread, a thread that cannot be spawned, a panic, or the normal end.
+struct RunningVm {
+    control: Arc<VmControl>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    em: crate::event_loop::Manager,
+    buses: Arc<crate::vcpu::IoBuses>,
+    /// Held, not used: the KVM VM and then guest memory must outlive every vCPU thread.
+    _vm: KvmVm,
+    _mem: crate::memory::GuestMemoryMmap,
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        stop_vcpus(&self.control, std::mem::take(&mut self.vcpu_threads));
+    }
+}
+
+/// A vCPU thread's body: a panic ends the VM with a host error instead of leaving it running
+/// without this vCPU.
+fn run_vcpu(vcpu: Vcpu, buses: &crate::vcpu::IoBuses, control: &VmControl, seccomp: SeccompMode) {
+    let id = vcpu.id();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        vcpu.run(buses, control, seccomp)
+    }));
+    if ran.is_err() {
+        control.request_exit(ExitReason::HostError(format!("vcpu{id} panicked")));
+    }
+}
+
+/// Publishes how the VM ended when the VMM thread finishes, however it finishes.
+struct EndReporter {
+    control: Arc<VmControl>,
+    done: Arc<Done>,
+    times: (Instant, Instant, Instant, Instant),
+}
+
+impl Drop for EndReporter {
+    fn drop(&mut self) {
+        let ctl = &self.control;
+        if std::thread::panicking() {
+            ctl.request_exit(ExitReason::HostError("the VMM thread panicked".into()));
+        }
+        let (start, config_validated, memory_ready, kernel_loaded) = self.times;
+        let timestamps = Timestamps {
+            start,
+            config_validated,
+            memory_ready,
+            kernel_loaded,
+            first_run: ctl.first_run(),
+            first_output: ctl.first_output.get().copied(),
+            console_marker: ctl.marker.get().copied(),
+            boot_timer: ctl.boot_timer.get().copied(),
+            stop_requested: ctl.stop_requested.get().copied(),
+            exit: Instant::now(),
+        };
+        let reason = ctl.reason().unwrap_or(ExitReason::Stopped);
+        let mut r = self.done.result.lock().unwrap_or_else(|p| p.into_inner());
+        *r = Some(VmExit { reason, timestamps });
+        self.done.cond.notify_all();
+    }
 }
 
 /// Entry point: starts VMs.
@@ -131,78 +198,75 @@ impl Vm {
         let vcpus = (0..config.vcpus)
             .map(|id| Vcpu::new(&vm, id, &boot))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
-
-        let buses = Arc::new(devices.buses);
+        let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
         let i8042 = devices.i8042;
-        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
         let seccomp = config.seccomp;
         if seccomp == crate::seccomp::SeccompMode::On {
             // Compile now so that a broken filter fails the start, not a thread.
             crate::seccomp::program(crate::seccomp::ThreadKind::Vcpu)?;
             crate::seccomp::program(crate::seccomp::ThreadKind::Vmm)?;
         }
+        // From here on `running` owns every part: any early return drops it, which stops and
+        // joins the vCPU threads started so far before memory goes.
+        let mut running = RunningVm {
+            control: control.clone(),
+            vcpu_threads: Vec::with_capacity(vcpus.len()),
+            em,
+            buses: Arc::new(devices.buses),
+            _vm: vm,
+            _mem: mem,
+        };
         for vcpu in vcpus {
-            let (b, c) = (buses.clone(), control.clone());
+            let (b, c) = (running.buses.clone(), control.clone());
             let name = format!("ember-vcpu{}", vcpu.id());
-            match std::thread::Builder::new()
+            let t = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || vcpu.run(&b, &c, seccomp))
-            {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    stop_vcpus(&control, threads);
-                    return Err(Error::Thread(e));
-                }
-            }
+                .spawn(move || run_vcpu(vcpu, &b, &c, seccomp))
+                .map_err(Error::Thread)?;
+            running.vcpu_threads.push(t);
         }
+        control.set_vcpu_threads(
+            running
+                .vcpu_threads
+                .iter()
+                .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+                .collect(),
+        );
 
         let done = Arc::new(Done {
             result: Mutex::new(None),
             cond: Condvar::new(),
         });
         let (ctl, dn) = (control.clone(), done.clone());
+        let boot_times = (start, config_validated, memory_ready, kernel_loaded);
+        // If the thread cannot start, the closure and `running` in it are dropped: the vCPUs
+        // are stopped and joined before this returns.
         let vmm_thread = std::thread::Builder::new()
             .name("ember-vmm".into())
             .spawn(move || {
+                // Reports the end even if this thread panics: `wait()` never hangs.
+                let reporter = EndReporter {
+                    control: ctl.clone(),
+                    done: dn,
+                    times: boot_times,
+                };
+                let mut running = running;
                 if seccomp == crate::seccomp::SeccompMode::On {
                     if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
                         ctl.request_exit(ExitReason::HostError(format!("event loop: {e}")));
                     }
                 }
-                run_until_stop(&mut em, &ctl);
-                stop_vcpus(&ctl, threads);
-                // Release devices, the VM and then its memory before reporting the end.
-                drop(em);
-                drop(buses);
-                drop(vm);
-                drop(mem);
-                let timestamps = Timestamps {
-                    start,
-                    config_validated,
-                    memory_ready,
-                    kernel_loaded,
-                    first_run: ctl.first_run(),
-                    first_output: ctl.first_output.get().copied(),
-                    console_marker: ctl.marker.get().copied(),
-                    boot_timer: ctl.boot_timer.get().copied(),
-                    stop_requested: ctl.stop_requested.get().copied(),
-                    exit: Instant::now(),
-                };
-                let reason = ctl.reason().unwrap_or(ExitReason::Stopped);
-                let mut r = dn.result.lock().unwrap_or_else(|p| p.into_inner());
-                *r = Some(VmExit { reason, timestamps });
-                dn.cond.notify_all();
-            });
-        let vmm_thread = match vmm_thread {
-            Ok(t) => t,
-            Err(e) => {
-                // The closure (and with it every vCPU handle) is gone; the vCPU threads see
-                // the stop flag at their next exit and the kick is no longer possible.
-                control.request_exit(ExitReason::Stopped);
-                return Err(Error::Thread(e));
-            }
-        };
+                let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_until_stop(&mut running.em, &ctl)
+                }));
+                if looped.is_err() {
+                    ctl.request_exit(ExitReason::HostError("the event loop panicked".into()));
+                }
+                // vCPUs stopped and joined, then devices, the VM and its memory released.
+                drop(running);
+                drop(reporter);
+            })
+            .map_err(Error::Thread)?;
         Ok(VmHandle {
             control,
             done,
@@ -282,14 +346,30 @@ impl VmHandle {
     /// signal to init) and waits up to `grace` for it; then stops it by force. Returns how
     /// the VM ended: the guest's own reason if it complied, [`ExitReason::Stopped`] if not.
     pub fn stop(&mut self, grace: Duration) -> VmExit {
-        if !self.has_ended() {
-            if self.stopper().request_shutdown() {
-                if let Some(exit) = self.wait_timeout(grace) {
-                    return exit;
-                }
+        if !self.has_ended() && self.stopper().request_shutdown() {
+            if let Some(exit) = self.wait_timeout(grace) {
+                return exit;
             }
         }
         self.kill()
+    }
+
+    /// Pauses the VM: returns once every vCPU is out of the guest with the exit it was in
+    /// completed, the guest's kvmclock told, and the event loop has finished the device
+    /// requests in flight. The guest's memory and devices do not change until [`Self::resume`].
+    /// Fails if the VM has ended, or (and keeps running) if it did not pause within 10 s.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.control.pause(Duration::from_secs(10))
+    }
+
+    /// Lets a paused VM continue exactly where it was.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
     }
 
     /// Stops the VM at once (its vCPUs are kicked out of the guest) and waits for the end.
