@@ -5,8 +5,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Puts a terminal in raw mode (no line editing, no echo; Ctrl-C still signals) and restores
-/// it when dropped. Does nothing when the file is not a terminal.
+/// Puts a terminal in raw mode (no line editing, no echo, no output processing; Ctrl-C still
+/// signals) and restores it when dropped. Does nothing when the file is not a terminal.
 pub struct RawMode {
     // Its own descriptor of the terminal, so the restore works whoever closed theirs.
     file: Option<File>,
@@ -34,6 +34,8 @@ impl RawMode {
             let mut raw = orig;
             raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::IEXTEN);
             raw.c_iflag &= !(libc::IXON | libc::ICRNL);
+            // The guest's own terminal turns \n into \r\n already: its bytes go out unchanged.
+            raw.c_oflag &= !libc::OPOST;
             raw.c_cc[libc::VMIN] = 1;
             raw.c_cc[libc::VTIME] = 0;
             // SAFETY: `raw` is a fully initialised termios for this terminal.
@@ -111,7 +113,18 @@ pub fn spawn_signal_thread(
                 };
                 // Returns on a second signal or when the grace period is over.
                 // SAFETY: valid set and timeout pointers; the siginfo pointer may be null.
-                unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+                let second = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+                if stopper.is_stopping() {
+                    return; // the guest shut down; the VM is ending
+                }
+                if second > 0 {
+                    log::warn!("second signal: stopping the guest now");
+                } else {
+                    log::warn!(
+                        "the guest did not shut down within {:.1} s; stopping it",
+                        grace.as_secs_f64()
+                    );
+                }
             }
             stopper.kill();
         })

@@ -386,13 +386,15 @@ static void unmount_disks(void)
 	}
 }
 
-static void reap(pid_t main_pid, int *main_status)
+/* Reaps every child that has ended; returns 1 once no child (no user process) is left. */
+static int reap(pid_t main_pid, int *main_status)
 {
 	int st;
 	pid_t pid;
 	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
 		if (pid == main_pid)
 			*main_status = status_code(st);
+	return pid < 0 && errno == ECHILD;
 }
 
 /* Ends every other process: SIGTERM, up to GRACE_MS for them to go, then SIGKILL. */
@@ -404,17 +406,20 @@ static void end_processes(int sfd, int grace_ms)
 	if (grace_ms > 0 && kill(-1, SIGTERM) == 0) {
 		struct timespec t0, t;
 		clock_gettime(CLOCK_MONOTONIC, &t0);
+		/* Every user process descends from init (orphans are re-parented here), so no child
+		 * left means none is left at all. (kill(-1, 0) cannot tell: it counts kernel
+		 * threads.) */
 		for (;;) {
-			int left;
-			reap(0, &dummy);
-			if (kill(-1, 0) < 0 && errno == ESRCH)
+			int left, ready;
+			if (reap(0, &dummy))
 				break;
 			clock_gettime(CLOCK_MONOTONIC, &t);
 			left = grace_ms - (int)((t.tv_sec - t0.tv_sec) * 1000 +
 						(t.tv_nsec - t0.tv_nsec) / 1000000);
-			if (left <= 0 || poll(&p, 1, left) < 0)
+			if (left <= 0 || (ready = poll(&p, 1, left)) < 0)
 				break;
-			(void)!read(sfd, &si, sizeof si);
+			if (ready > 0)
+				(void)!read(sfd, &si, sizeof si);
 		}
 	}
 	kill(-1, SIGKILL);
@@ -490,7 +495,7 @@ int main(void)
 	sigaddset(&mask, SIGUSR1);
 	sigaddset(&mask, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
-	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0)
 		say("signalfd: %s", strerror(errno));
 	fds[0].fd = sfd;

@@ -17,8 +17,8 @@
  *   pattern:N        print N lines of a known pattern, then exit 0
  *   ioloop:N         N port writes to the unclaimed port 0x510, then exit 0
  *   mmioloop:N       N writes to unclaimed MMIO at 0x3fe00000, then exit 0
- *   kbd              wait for Ctrl+Alt+Del on the i8042 keyboard (polling port 0x64),
- *                    then exit 77
+ *   kbd              enable the i8042 keyboard, wait for Ctrl+Alt+Del on it (polling port
+ *                    0x64), then exit 77
  *   cx16             one `lock cmpxchg16b` (which kvm-pvm's instruction emulator lacks: the
  *                    VM ends with KVM_EXIT_INTERNAL_ERROR there); where it runs, print
  *                    "tiny: cmpxchg16b ok" (or "failed") and exit 0
@@ -175,6 +175,7 @@ void tiny_main(const u8 *zero_page) {
         /* Scan code set 2: Ctrl 0x14, Alt 0x11, Delete 0xe0 0x71. */
         u8 prev = 0;
         int ctrl = 0, alt = 0;
+        outb(0x64, 0xae); /* enable the keyboard, as a driver does (Ember types no keys before) */
         puts("tiny: waiting for ctrl-alt-del\n");
         for (;;) {
             if (!(inb(0x64) & 1)) { __asm__ volatile("pause"); continue; }

@@ -52,6 +52,8 @@ pub struct I8042 {
     outp: u8,
     cmd: u8,
     buf: VecDeque<u8>,
+    /// Whether a driver has written to the controller: until one has, nobody would read keys.
+    driver_seen: bool,
 }
 
 impl I8042 {
@@ -66,6 +68,7 @@ impl I8042 {
             outp: 0,
             cmd: 0,
             buf: VecDeque::with_capacity(BUF_MAX),
+            driver_seen: false,
         }
     }
 
@@ -86,9 +89,10 @@ impl I8042 {
         }
     }
 
-    /// Types Ctrl+Alt+Del on the keyboard. Returns false if the buffer had no room.
+    /// Types Ctrl+Alt+Del on the keyboard. Returns false if no guest driver has used the
+    /// controller yet (nobody would read the keys) or the buffer had no room.
     pub fn send_ctrl_alt_del(&mut self) -> bool {
-        if self.buf.len() + CTRL_ALT_DEL.len() > BUF_MAX {
+        if !self.driver_seen || self.buf.len() + CTRL_ALT_DEL.len() > BUF_MAX {
             return false;
         }
         for &b in CTRL_ALT_DEL {
@@ -110,6 +114,7 @@ impl I8042 {
     }
 
     fn command(&mut self, cmd: u8) {
+        self.driver_seen = true;
         self.status |= SB_I8042_CMD_DATA;
         match cmd {
             CMD_READ_CTR => self.push(self.control),
@@ -125,6 +130,7 @@ impl I8042 {
     }
 
     fn data(&mut self, value: u8) {
+        self.driver_seen = true;
         self.status &= !SB_I8042_CMD_DATA;
         match std::mem::take(&mut self.cmd) {
             CMD_WRITE_CTR => self.control = value,
@@ -205,6 +211,12 @@ mod tests {
             Some(EventFdTrigger(irq.try_clone().expect("clone"))),
         );
         assert_eq!(read(&mut dev, COMMAND) & SB_OUT_DATA_AVAIL, 0);
+        assert!(
+            !dev.send_ctrl_alt_del(),
+            "no driver has used the controller: nobody would read the keys"
+        );
+        assert!(irq.read().is_err(), "no interrupt without a driver");
+        dev.write(COMMAND, &[CMD_KBD_ENABLE]);
         assert!(dev.send_ctrl_alt_del());
         assert!(irq.read().is_ok());
         let mut got = vec![];
