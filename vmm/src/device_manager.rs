@@ -8,8 +8,9 @@ use event_manager::MutEventSubscriber;
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::x86_64::layout::{
-    BOOT_TIMER, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_KBD_IRQ, I8042_PORT, IOAPIC,
-    IOAPIC_SIZE, IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    BOOT_TIMER, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, EXIT_PORT, EXIT_PORT_SIZE, I8042_KBD_IRQ,
+    I8042_PORT, IOAPIC, IOAPIC_SIZE, IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE,
+    VIRTIO_MMIO_START,
 };
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
@@ -21,7 +22,7 @@ use devices::{EventFdTrigger, SharedExitSink};
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 
 use crate::config::DiskConfig;
-use crate::console::ConsoleWriter;
+use crate::console::{ConsoleOutputHandler, ConsoleWriter};
 use crate::kvm_vm::{GsiRouter, KvmVm, VmError};
 use crate::memory::GuestMemoryMmap;
 use crate::vcpu::IoBuses;
@@ -63,13 +64,17 @@ pub struct Devices {
     pub subscribers: Vec<Subscriber>,
     /// The i8042, to type Ctrl+Alt+Del when the VM's owner asks for a shutdown.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The console's output side, to write out what is left when the VM ends.
+    pub(crate) console_out: Arc<Mutex<ConsoleOutputHandler>>,
 }
 
 /// Creates the legacy devices: the I/O APIC, COM1, the i8042 reset line and the exit port.
 pub(crate) fn create_legacy_devices(
     vm: &KvmVm,
     exit_sink: SharedExitSink,
-    console_out: ConsoleWriter,
+    console_writer: ConsoleWriter,
+    console_buffer: Arc<devices::legacy::ConsoleBuffer>,
+    console_out: crate::console::ConsoleOutput,
     console_in: Option<File>,
     vcpus: u8,
 ) -> Result<Devices, DeviceError> {
@@ -87,9 +92,17 @@ pub(crate) fn create_legacy_devices(
     vm.fd
         .register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(|e| DeviceError::Irqfd("COM1", e))?;
-    let (serial, drained) = Serial::new(EventFdTrigger::new(com1_irq), console_out)
+    let (serial, drained) = Serial::new(EventFdTrigger::new(com1_irq), console_writer)
         .map_err(|e| DeviceError::EventFd("COM1", e))?;
-    let serial = Arc::new(Mutex::new(serial));
+    let serial = Arc::new(Mutex::new(
+        serial.with_output_buffer(console_buffer.clone()),
+    ));
+    let console_out = Arc::new(Mutex::new(ConsoleOutputHandler::new(
+        console_out,
+        console_buffer,
+        serial.clone(),
+    )));
+    subscribers.push(console_out.clone());
     buses
         .pio
         .insert(serial.clone(), u64::from(COM1_PORT), 8)
@@ -115,13 +128,14 @@ pub(crate) fn create_legacy_devices(
     let exit_port = Arc::new(Mutex::new(ExitPort::new(exit_sink)));
     buses
         .pio
-        .insert(exit_port, u64::from(EXIT_PORT), 1)
+        .insert(exit_port, u64::from(EXIT_PORT), EXIT_PORT_SIZE)
         .map_err(|e| DeviceError::Bus("exit port", e))?;
 
     Ok(Devices {
         buses,
         subscribers,
         i8042,
+        console_out,
     })
 }
 

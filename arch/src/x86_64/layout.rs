@@ -66,8 +66,11 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 /// IRQ (GSI) of the i8042 keyboard.
 pub const I8042_KBD_IRQ: u32 = 1;
-/// I/O port of the guest exit device: a one-byte write ends the VM with that status.
+/// I/O port of the guest exit device: a one-byte write ends the VM with that status; a write
+/// to the next port (0xf5) powers the VM off.
 pub const EXIT_PORT: u16 = 0xf4;
+/// Ports the guest exit device spans (status, power-off).
+pub const EXIT_PORT_SIZE: u64 = 2;
 /// First GSI handed to virtio devices (the IOAPIC has 24 pins; 0-4 are legacy).
 pub const VIRTIO_IRQ_START: u32 = 5;
 /// Last GSI usable by a device.

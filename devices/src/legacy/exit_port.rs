@@ -1,6 +1,7 @@
-//! Ember's guest exit device at I/O port 0xf4 (the port QEMU's `isa-debug-exit` uses by
-//! default): a one-byte write ends the VM, and that byte becomes its exit status. Reads return
-//! all ones. Wider writes use their low byte.
+//! Ember's guest exit device at I/O ports 0xf4-0xf5. A write to 0xf4 (the port QEMU's
+//! `isa-debug-exit` uses by default) ends the VM, and its low byte becomes the exit status. A
+//! write to 0xf5 powers the VM off: a machine without ACPI has no other way, and the project's
+//! guest kernel uses it as its last-resort power-off handler. Reads return all ones.
 
 use crate::bus::BusDevice;
 use crate::{GuestExit, SharedExitSink};
@@ -23,10 +24,10 @@ impl BusDevice for ExitPort {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == 0 {
-            if let Some(&status) = data.first() {
-                self.sink.guest_exit(GuestExit::Status(status));
-            }
+        match (offset, data.first()) {
+            (0, Some(&status)) => self.sink.guest_exit(GuestExit::Status(status)),
+            (1, Some(_)) => self.sink.guest_exit(GuestExit::PowerOff),
+            _ => {}
         }
     }
 }
@@ -55,9 +56,15 @@ mod tests {
         port.write(0, &[42]);
         port.write(0, &[7, 1]);
         port.write(1, &[9]);
+        port.write(2, &[9]);
+        port.write(1, &[]);
         assert_eq!(
             *sink.0.lock().expect("lock"),
-            vec![GuestExit::Status(42), GuestExit::Status(7)]
+            vec![
+                GuestExit::Status(42),
+                GuestExit::Status(7),
+                GuestExit::PowerOff
+            ]
         );
     }
 }
