@@ -207,7 +207,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     // Raw mode for a terminal, restored when `_raw` drops, on every path out of here.
     let _raw = terminal::RawMode::enter(&stdin);
     let console = Console {
-        output: ConsoleOutput::Writer(Box::new(stdout)),
+        output: ConsoleOutput::File(stdout),
         input: ConsoleInput::File(stdin),
     };
     let seccomp = config.seccomp == vmm::seccomp::SeccompMode::On;

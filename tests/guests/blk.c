@@ -216,7 +216,11 @@ void *memcpy(void *d, const void *s, unsigned long n) {
     return r;
 }
 
-static void putc(char c) { outb(COM1, (u8)c); }
+/* As a driver does: wait for the transmitter (a host that does not read holds it busy). */
+static void putc(char c) {
+    while (!(inb(COM1 + 5) & 0x20)) { }
+    outb(COM1, (u8)c);
+}
 static void puts(const char *s) { while (*s) putc(*s++); }
 static void put_dec(u64 v) {
     char buf[21]; int i = 20; buf[i] = 0;

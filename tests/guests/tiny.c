@@ -36,7 +36,11 @@ typedef unsigned long u64;
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
-static void putc(char c) { outb(COM1, (u8)c); }
+/* As a driver does: wait for the transmitter (a host that does not read holds it busy). */
+static void putc(char c) {
+    while (!(inb(COM1 + 5) & 0x20)) { }
+    outb(COM1, (u8)c);
+}
 static void puts(const char *s) { while (*s) putc(*s++); }
 static void put_dec(u64 v) {
     char buf[21]; int i = 20; buf[i] = 0;

@@ -1,10 +1,17 @@
 //! The VM's console as its owner sees it: where guest serial output goes, and where guest
-//! serial input comes from.
+//! serial input comes from. Guest output leaves the vCPU as bytes in a bounded buffer
+//! ([`devices::legacy::ConsoleBuffer`]); the event loop's [`ConsoleOutputHandler`] writes it
+//! to the owner's sink without blocking.
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::legacy::{ConsoleBuffer, Serial};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{error, warn};
 
 /// An in-memory capture of console output, shared between the VM and its owner. It keeps
 /// the first `limit` bytes and counts the rest as dropped, so a chatty guest cannot grow
@@ -75,14 +82,20 @@ impl Write for Capture {
     }
 }
 
-/// Where guest console output goes.
+/// Where guest console output goes. Guest output is buffered (64 KiB) and written by the
+/// VM's event-loop thread, never by a vCPU; while the host side does not take it, the buffer
+/// fills and the guest sees a busy UART.
 #[derive(Default)]
 pub enum ConsoleOutput {
     /// Dropped.
     #[default]
     Discard,
-    /// Written to this writer, each guest write followed by a flush.
+    /// Written to this writer on the event-loop thread, each batch followed by a flush. A
+    /// writer that blocks holds up that VM's devices: prefer [`Self::File`].
     Writer(Box<dyn Write + Send>),
+    /// Written to this file, pipe, terminal or socket without ever blocking (for a pipe or a
+    /// terminal Ember opens it again non-blocking, leaving the given descriptor as it is).
+    File(File),
     /// Kept in memory.
     Capture(Capture),
 }
@@ -92,6 +105,7 @@ impl std::fmt::Debug for ConsoleOutput {
         match self {
             Self::Discard => write!(f, "Discard"),
             Self::Writer(_) => write!(f, "Writer(..)"),
+            Self::File(file) => write!(f, "File(fd {})", file.as_raw_fd()),
             Self::Capture(_) => write!(f, "Capture(..)"),
         }
     }
@@ -171,22 +185,18 @@ impl MarkerMatcher {
     }
 }
 
-/// The writer behind the UART: forwards to the owner's sink and flushes, so prompts without
-/// a newline appear at once, and records when the first byte and the console marker appear.
+/// The writer behind the UART, on the vCPU thread: records when the first byte and the
+/// console marker appear, and puts the bytes in the console buffer (never a host write).
 pub(crate) struct ConsoleWriter {
-    sink: Option<Box<dyn Write + Send>>,
-    control: Option<std::sync::Arc<crate::control::VmControl>>,
+    buffer: Arc<ConsoleBuffer>,
+    control: Option<Arc<crate::control::VmControl>>,
     marker: Option<MarkerMatcher>,
 }
 
 impl ConsoleWriter {
-    pub(crate) fn new(output: ConsoleOutput) -> Self {
+    pub(crate) fn new(buffer: Arc<ConsoleBuffer>) -> Self {
         Self {
-            sink: match output {
-                ConsoleOutput::Discard => None,
-                ConsoleOutput::Writer(w) => Some(w),
-                ConsoleOutput::Capture(c) => Some(Box::new(c)),
-            },
+            buffer,
             control: None,
             marker: None,
         }
@@ -195,7 +205,7 @@ impl ConsoleWriter {
     /// Records timestamps into `control`, and the first appearance of `marker`.
     pub(crate) fn with_timing(
         mut self,
-        control: std::sync::Arc<crate::control::VmControl>,
+        control: Arc<crate::control::VmControl>,
         marker: Option<&str>,
     ) -> Self {
         self.control = Some(control);
@@ -208,42 +218,242 @@ impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Some(c) = &self.control {
             if c.first_output.get().is_none() {
-                let _ = c.first_output.set(std::time::Instant::now());
+                let _ = c.first_output.set(Instant::now());
             }
             if let Some(m) = self.marker.as_mut() {
                 if m.feed(buf) {
-                    let _ = c.marker.set(std::time::Instant::now());
+                    let _ = c.marker.set(Instant::now());
                 }
             }
         }
-        if let Some(s) = self.sink.as_mut() {
-            // Like `write_all`, except that a write blocked on a sink nobody drains (a full
-            // pipe, a stopped terminal) gives up once the VM is stopping: the vCPU's kick
-            // interrupts it, and the bytes are dropped rather than the VM never ending.
-            let mut rest = buf;
-            while !rest.is_empty() {
-                match s.write(rest) {
-                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                        if self.control.as_ref().is_some_and(|c| c.should_stop()) {
-                            return Ok(buf.len());
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            s.flush()?;
-        }
-        Ok(buf.len())
+        // The UART holds bytes while the buffer is full, so this takes everything.
+        Ok(self.buffer.push(buf))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self.sink.as_mut() {
-            Some(s) => s.flush(),
-            None => Ok(()),
+        Ok(())
+    }
+}
+
+/// The UART type of a VM.
+pub(crate) type VmSerial = Serial<ConsoleWriter>;
+
+enum Sink {
+    Discard,
+    /// A caller's writer: called on the event loop's thread.
+    Writer(Box<dyn Write + Send>),
+    /// A descriptor of Ember's own, non-blocking.
+    File(File),
+}
+
+/// Event-loop subscriber that moves guest output from the console buffer to the owner's
+/// sink. A sink that would block is watched for room (the buffer then fills and the UART
+/// shows the guest a busy transmitter); one that fails is dropped with a message.
+pub(crate) struct ConsoleOutputHandler {
+    buffer: Arc<ConsoleBuffer>,
+    serial: Arc<Mutex<VmSerial>>,
+    sink: Sink,
+    pending: Vec<u8>,
+    sent: usize,
+    watching_sink: bool,
+}
+
+impl ConsoleOutputHandler {
+    const WAKE: u32 = 0;
+    const WRITABLE: u32 = 1;
+    /// Buffer takes per event, so a guest that writes without pause cannot starve the loop.
+    const ROUNDS: usize = 16;
+
+    pub(crate) fn new(
+        output: ConsoleOutput,
+        buffer: Arc<ConsoleBuffer>,
+        serial: Arc<Mutex<VmSerial>>,
+    ) -> Self {
+        let sink = match output {
+            ConsoleOutput::Discard => Sink::Discard,
+            ConsoleOutput::Writer(w) => Sink::Writer(w),
+            ConsoleOutput::Capture(c) => Sink::Writer(Box::new(c)),
+            ConsoleOutput::File(f) => Sink::File(nonblocking(f)),
+        };
+        Self {
+            buffer,
+            serial,
+            sink,
+            pending: Vec::with_capacity(CONSOLE_BUFFER_BYTES),
+            sent: 0,
+            watching_sink: false,
         }
     }
+
+    /// Takes what the guest wrote (and lets the UART's held bytes follow).
+    fn refill(&mut self) {
+        self.pending.clear();
+        self.sent = 0;
+        self.buffer.take(&mut self.pending);
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush_held();
+        self.buffer.take(&mut self.pending);
+    }
+
+    /// Writes pending bytes; `Ok(false)` when the sink would block.
+    fn write_pending(&mut self) -> std::io::Result<bool> {
+        while self.sent < self.pending.len() {
+            let rest = &self.pending[self.sent..];
+            let r = match &mut self.sink {
+                Sink::Discard => Ok(rest.len()),
+                Sink::Writer(w) => w.write(rest).and_then(|n| w.flush().map(|_| n)),
+                Sink::File(f) => f.write(rest),
+            };
+            match r {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn pump(&mut self, ops: &mut EventOps) {
+        for _ in 0..Self::ROUNDS {
+            if self.sent >= self.pending.len() {
+                self.refill();
+                if self.pending.is_empty() {
+                    self.watch_sink(ops, false);
+                    return;
+                }
+            }
+            match self.write_pending() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.watch_sink(ops, true);
+                    return;
+                }
+                Err(e) => {
+                    warn!("console: output failed, discarding the guest's output from now on: {e}");
+                    self.watch_sink(ops, false);
+                    self.sink = Sink::Discard;
+                }
+            }
+        }
+    }
+
+    fn watch_sink(&mut self, ops: &mut EventOps, on: bool) {
+        let Sink::File(f) = &self.sink else {
+            return;
+        };
+        if on == self.watching_sink {
+            return;
+        }
+        let ev = Events::with_data(f, Self::WRITABLE, EventSet::OUT);
+        match if on { ops.add(ev) } else { ops.remove(ev) } {
+            Ok(()) => self.watching_sink = on,
+            Err(e) => warn!("console: cannot watch the output: {e:?}"),
+        }
+    }
+
+    /// At the VM's end (every vCPU stopped): writes out what is left, giving up once the sink
+    /// has taken nothing for `stall` (nobody reads it), so that an end never hangs on it.
+    pub(crate) fn finish(&mut self, stall: Duration) {
+        let mut last_progress = Instant::now();
+        loop {
+            if self.sent >= self.pending.len() {
+                self.refill();
+                if self.pending.is_empty() {
+                    return;
+                }
+            }
+            let before = self.sent;
+            match self.write_pending() {
+                Ok(true) => last_progress = Instant::now(),
+                Ok(false) => {
+                    if self.sent > before {
+                        last_progress = Instant::now();
+                    }
+                    let left = stall.saturating_sub(last_progress.elapsed());
+                    if left.is_zero() {
+                        return;
+                    }
+                    if let Sink::File(f) = &self.sink {
+                        let mut p = libc::pollfd {
+                            fd: f.as_raw_fd(),
+                            events: libc::POLLOUT,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd; the descriptor is ours and open.
+                        unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) };
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ConsoleOutputHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(
+            self.buffer.wake_event(),
+            Self::WAKE,
+            EventSet::IN,
+        )) {
+            error!("console: cannot watch guest output: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            Self::WAKE => {
+                let _ = self.buffer.wake_event().read();
+                if self.sent >= self.pending.len() {
+                    self.pump(ops);
+                }
+            }
+            Self::WRITABLE => self.pump(ops),
+            _ => {
+                let _ = ops.remove(events);
+            }
+        }
+    }
+}
+
+/// Guest output Ember holds before the UART shows the guest a busy transmitter.
+pub(crate) const CONSOLE_BUFFER_BYTES: usize = 64 << 10;
+
+/// A non-blocking descriptor for `file`'s pipe or terminal: a new open of the same object
+/// (through /proc/self/fd, `O_NOCTTY`), so the flag does not change the descriptor the caller
+/// and others share (a terminal's). A regular file never blocks and is kept as it is; what
+/// cannot be opened again (a socket) is made non-blocking itself.
+fn nonblocking(file: File) -> File {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let Ok(meta) = file.metadata() else {
+        return file;
+    };
+    let t = meta.file_type();
+    if t.is_file() || t.is_block_device() {
+        return file;
+    }
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    if !t.is_socket() {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+        {
+            return f;
+        }
+    }
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+    file
 }
 
 /// A close-on-exec pipe: `(read end, write end)`.

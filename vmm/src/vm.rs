@@ -71,6 +71,7 @@ struct Done {
 struct RunningVm {
     control: Arc<VmControl>,
     vcpu_threads: Vec<JoinHandle<()>>,
+    console_out: Arc<Mutex<crate::console::ConsoleOutputHandler>>,
     em: crate::event_loop::Manager,
     buses: Arc<crate::vcpu::IoBuses>,
     /// Held, not used: the KVM VM and then guest memory must outlive every vCPU thread.
@@ -81,8 +82,17 @@ struct RunningVm {
 impl Drop for RunningVm {
     fn drop(&mut self) {
         stop_vcpus(&self.control, std::mem::take(&mut self.vcpu_threads));
+        // The guest's last words (its exit status line, a panic) are in the console buffer:
+        // out with them, unless nobody reads the console.
+        self.console_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish(CONSOLE_STALL);
     }
 }
+
+/// How long the end of a VM waits for a console sink that takes nothing.
+const CONSOLE_STALL: Duration = Duration::from_millis(200);
 
 /// A vCPU thread's body: a panic ends the VM with a host error instead of leaving it running
 /// without this vCPU.
@@ -175,11 +185,17 @@ impl Vm {
                 (Some(r), Some(w))
             }
         };
+        let console_buffer = Arc::new(
+            devices::legacy::ConsoleBuffer::new(crate::console::CONSOLE_BUFFER_BYTES)
+                .map_err(Error::EventFd)?,
+        );
         let mut devices = create_legacy_devices(
             &vm,
             control.clone(),
-            ConsoleWriter::new(console.output)
+            ConsoleWriter::new(console_buffer.clone())
                 .with_timing(control.clone(), config.console_marker.as_deref()),
+            console_buffer,
+            console.output,
             console_in,
             config.vcpus,
         )?;
@@ -211,6 +227,7 @@ impl Vm {
         let mut running = RunningVm {
             control: control.clone(),
             vcpu_threads: Vec::with_capacity(vcpus.len()),
+            console_out: devices.console_out,
             em,
             buses: Arc::new(devices.buses),
             _vm: vm,

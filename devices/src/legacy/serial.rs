@@ -2,6 +2,14 @@
 //! `Write`, host input is fed from a file descriptor by [`SerialInput`], an event-manager
 //! subscriber. The 64-byte receive FIFO is refilled when the guest drains it, so a fast
 //! producer never loses input. No modem lines, no FIFO trigger levels.
+//!
+//! Transmit back-pressure (added here: vm-superio's transmitter is always empty and raises
+//! its THR-empty interrupt even when the byte could not be written): with an output
+//! [`ConsoleBuffer`], a byte written while the buffer is full waits in a 16-byte transmit
+//! FIFO, the line status shows the transmitter busy (no THRE, no TEMT) and no THR-empty
+//! interrupt comes until the event loop has made room and called [`Serial::flush_held`]. A
+//! driver (Linux's 8250: polling for the console, interrupt-driven for the tty) waits, as on
+//! real hardware; bytes written past the FIFO are dropped and counted.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -15,7 +23,19 @@ use vm_superio::serial::SerialEvents;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::legacy::ConsoleBuffer;
 use crate::EventFdTrigger;
+
+const REG_DATA: u8 = 0;
+const REG_LCR: u8 = 3;
+const REG_MCR: u8 = 4;
+const REG_LSR: u8 = 5;
+const LCR_DLAB: u8 = 0x80;
+const MCR_LOOP: u8 = 0x10;
+const LSR_THRE: u8 = 0x20;
+const LSR_TEMT: u8 = 0x40;
+/// The 16550A's transmit FIFO.
+const TX_FIFO: usize = 16;
 
 /// Tells the input side that the guest emptied the receive FIFO.
 pub struct InputDrained(EventFd);
@@ -34,6 +54,13 @@ impl SerialEvents for InputDrained {
 /// The UART on the I/O bus. `W` receives the guest's output.
 pub struct Serial<W: Write + Send> {
     inner: vm_superio::Serial<EventFdTrigger, InputDrained, W>,
+    /// With back-pressure: the buffer `W` writes into, and what waits for room in it.
+    output: Option<Arc<ConsoleBuffer>>,
+    held: VecDeque<u8>,
+    /// Bytes dropped because the transmit FIFO was full too.
+    dropped: u64,
+    lcr: u8,
+    mcr: u8,
 }
 
 impl<W: Write + Send> Serial<W> {
@@ -45,9 +72,52 @@ impl<W: Write + Send> Serial<W> {
         Ok((
             Self {
                 inner: vm_superio::Serial::with_events(irq, events, out),
+                output: None,
+                held: VecDeque::with_capacity(TX_FIFO),
+                dropped: 0,
+                lcr: 0,
+                mcr: 0,
             },
             drained,
         ))
+    }
+
+    /// Transmit back-pressure from `buffer`, the buffer `W` writes into (see the module doc).
+    pub fn with_output_buffer(mut self, buffer: Arc<ConsoleBuffer>) -> Self {
+        self.output = Some(buffer);
+        self
+    }
+
+    /// Moves bytes that waited for room into the output buffer; the last one out raises the
+    /// THR-empty interrupt the driver is waiting for. Called when the buffer was drained.
+    pub fn flush_held(&mut self) {
+        let Some(out) = self.output.clone() else {
+            return;
+        };
+        while out.room() > 0 {
+            let Some(b) = self.held.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.inner.write(REG_DATA, b) {
+                log::debug!("serial: held byte: {e}");
+            }
+        }
+    }
+
+    /// Guest output bytes dropped because both the buffer and the transmit FIFO were full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether a write to `off` is a byte for the transmitter that must wait for room.
+    fn must_hold(&self, off: u8) -> bool {
+        off == REG_DATA
+            && self.lcr & LCR_DLAB == 0
+            && self.mcr & MCR_LOOP == 0
+            && self
+                .output
+                .as_ref()
+                .is_some_and(|o| !self.held.is_empty() || o.room() == 0)
     }
 
     /// Feeds up to the FIFO's free space of `input` to the guest; returns how much was taken.
@@ -73,11 +143,27 @@ impl<W: Write + Send> BusDevice for Serial<W> {
         data.fill(0);
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *b = self.inner.read(off);
+            if off == REG_LSR && !self.held.is_empty() {
+                *b &= !(LSR_THRE | LSR_TEMT);
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&b), Ok(off)) = (data.first(), u8::try_from(offset)) {
+            match off {
+                REG_LCR => self.lcr = b,
+                REG_MCR => self.mcr = b,
+                _ => {}
+            }
+            if self.must_hold(off) {
+                if self.held.len() < TX_FIFO {
+                    self.held.push_back(b);
+                } else {
+                    self.dropped += 1;
+                }
+                return;
+            }
             if let Err(e) = self.inner.write(off, b) {
                 // A failing output sink loses the byte, not the VM.
                 log::debug!("serial: write at offset {off}: {e}");
@@ -250,6 +336,70 @@ mod tests {
         }
         assert_eq!(&*out.0.lock().expect("lock"), b"hi\n");
         assert!(irq.read().expect("irq raised") >= 1);
+    }
+
+    /// The writer a UART with back-pressure gets: straight into the buffer.
+    struct IntoBuffer(Arc<ConsoleBuffer>);
+    impl Write for IntoBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(self.0.push(buf))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_output_buffer_shows_a_busy_transmitter_until_drained() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let buf = Arc::new(ConsoleBuffer::new(4).expect("buffer"));
+        let (s, _) = Serial::new(
+            EventFdTrigger(irq.try_clone().expect("clone")),
+            IntoBuffer(buf.clone()),
+        )
+        .expect("serial");
+        let mut s = s.with_output_buffer(buf.clone());
+        let lsr = |s: &mut Serial<IntoBuffer>| {
+            let mut b = [0u8];
+            s.read(LSR, &mut b);
+            b[0]
+        };
+        s.write(IER, &[0x2]);
+        let _ = irq.read();
+        for b in b"abcd" {
+            s.write(THR, &[*b]);
+        }
+        assert_eq!(buf.room(), 0);
+        assert_eq!(
+            lsr(&mut s) & 0x60,
+            0x60,
+            "the last byte fitted: transmitter empty"
+        );
+        let _ = irq.read();
+        // Full: the next bytes wait in the transmit FIFO, the transmitter shows busy, and no
+        // THR-empty interrupt comes.
+        for b in b"efghijklmnopqrstuvwx" {
+            s.write(THR, &[*b]);
+        }
+        assert_eq!(lsr(&mut s) & 0x60, 0, "busy");
+        assert!(irq.read().is_err(), "no THR-empty interrupt while busy");
+        // The driver's interrupt handler acknowledges the last THR-empty interrupt (IIR).
+        let mut iir = [0u8];
+        s.read(2, &mut iir);
+        assert_eq!(s.dropped(), 4, "16 held, the rest dropped");
+        // The divisor latch is not the transmitter.
+        s.write(3, &[0x80]);
+        s.write(THR, &[0x01]);
+        s.write(3, &[0x03]);
+        // The event loop drains and flushes: the held bytes follow, in order, with interrupts.
+        let mut out = Vec::new();
+        while lsr(&mut s) & 0x20 == 0 {
+            buf.take(&mut out);
+            s.flush_held();
+        }
+        buf.take(&mut out);
+        assert_eq!(out, b"abcdefghijklmnopqrst");
+        assert!(irq.read().expect("THR-empty interrupt after the flush") >= 1);
     }
 
     #[test]
