@@ -163,3 +163,75 @@ fn exit_reasons_and_timestamps() {
     assert!(t.start <= t.config_validated && t.config_validated <= t.memory_ready);
     assert!(t.memory_ready <= t.kernel_loaded && t.kernel_loaded <= first && first <= t.exit);
 }
+
+#[test]
+fn a_child_spawned_while_vms_run_inherits_none_of_their_descriptors() {
+    if !require_kvm() {
+        return;
+    }
+    let baseline = inherited_fds();
+    // Two VMs with every kind of descriptor: KVM, eventfds (irqfds, ioeventfds, kicks), the
+    // event loop's epoll, console pipes, a disk image.
+    let disk = common::sparse_file("cloexec-disk.img", 1 << 20);
+    let mut vms = Vec::new();
+    for _ in 0..2 {
+        let config = VmConfig::builder(tiny_guest())
+            .cmdline("action=loop")
+            .memory_mib(32)
+            .disk(&disk, true)
+            .build()
+            .expect("config");
+        let console = Console {
+            output: ConsoleOutput::Capture(Capture::default()),
+            input: ConsoleInput::Pipe,
+        };
+        vms.push(Vm::start_with_console(config, console).expect("start"));
+    }
+    let ours: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        ours.iter().any(|p| p.contains("kvm")) && ours.iter().any(|p| p.contains("eventfd")),
+        "the VMs' descriptors are open here: {ours:?}"
+    );
+    // What a child inherits now, against what it inherited before any VM ran (the test
+    // harness may pass on descriptors of its own).
+    let inherited = inherited_fds();
+    let leaked: Vec<&String> = inherited.iter().filter(|f| !baseline.contains(f)).collect();
+    let info: Vec<String> = leaked
+        .iter()
+        .filter_map(|l| {
+            let fd = l.split(' ').next()?;
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "a child inherits the VMs' {leaked:?}: {info:?}"
+    );
+    for mut vm in vms {
+        vm.kill();
+    }
+    let _ = std::fs::remove_file(disk);
+}
+
+/// The descriptors a child process holds (`ls -l /proc/self/fd` in the child), as
+/// "number -> target", without the one `ls` reads the listing with.
+fn inherited_fds() -> Vec<String> {
+    let out = std::process::Command::new("ls")
+        .args(["-l", "/proc/self/fd/"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("ls");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.find(" -> ")
+                .map(|i| l[..i].rsplit(' ').next().unwrap_or("").to_string() + &l[i..])
+        })
+        .filter(|l| !l.contains("/proc/"))
+        .filter(|l| !(l.starts_with("0 ") || l.starts_with("1 ") || l.starts_with("2 ")))
+        .collect()
+}

@@ -88,7 +88,8 @@ pub(crate) fn create_legacy_devices(
         .insert(Arc::new(Mutex::new(ioapic)), IOAPIC, IOAPIC_SIZE)
         .map_err(|e| DeviceError::Bus("the I/O APIC", e))?;
 
-    let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("COM1", e))?;
+    let com1_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(|e| DeviceError::EventFd("COM1", e))?;
     vm.fd
         .register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(|e| DeviceError::Irqfd("COM1", e))?;
@@ -112,7 +113,8 @@ pub(crate) fn create_legacy_devices(
         subscribers.push(Arc::new(Mutex::new(SerialInput::new(sink, input, drained))));
     }
 
-    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("i8042", e))?;
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(|e| DeviceError::EventFd("i8042", e))?;
     vm.fd
         .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
         .map_err(|e| DeviceError::Irqfd("i8042", e))?;
@@ -161,13 +163,13 @@ pub(crate) fn create_block_devices(
             return Err(DeviceError::NoIrq(i));
         }
 
-        let irq =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| DeviceError::EventFd("a disk", e))?;
         vm.fd
             .register_irqfd(&irq, gsi)
             .map_err(|e| DeviceError::Irqfd("a disk", e))?;
-        let kick =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceError::EventFd("a disk", e))?;
+        let kick = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| DeviceError::EventFd("a disk", e))?;
         vm.fd
             .register_ioevent(
                 &kick,

@@ -67,7 +67,7 @@ impl<W: Write + Send> Serial<W> {
     /// A UART raising its interrupt on `irq` and writing guest output to `out`. Returns the
     /// eventfd that fires when the guest drains the input FIFO (for [`SerialInput`]).
     pub fn new(irq: EventFdTrigger, out: W) -> std::io::Result<(Self, EventFd)> {
-        let drained = EventFd::new(libc::EFD_NONBLOCK)?;
+        let drained = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let events = InputDrained(drained.try_clone()?);
         Ok((
             Self {
