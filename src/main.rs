@@ -98,6 +98,10 @@ enum PvmArg {
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// Test-only hook: with this variable set to 1, `ember` panics right after entering raw mode
+/// (the terminal must be restored all the same).
+const PANIC_SELFTEST_ENV: &str = "EMBER_PANIC_SELFTEST";
+
 fn main() -> ExitCode {
     let process_start = std::time::Instant::now();
     let cli = match Cli::try_parse() {
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         }
     };
     init_logger();
+    terminal::install_panic_hook();
     match run(cli, process_start) {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
@@ -204,8 +209,14 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     let stdout =
         dup_file(std::io::stdout().as_fd()).map_err(|e| format!("Cannot use stdout: {e}"))?;
     let stdin = dup_file(std::io::stdin().as_fd()).map_err(|e| format!("Cannot use stdin: {e}"))?;
-    // Raw mode for a terminal, restored when `_raw` drops, on every path out of here.
+    // Raw mode for a terminal, restored when `_raw` drops, on every path out of here (and by
+    // the panic hook and the SIGSYS reporter where nothing drops).
     let _raw = terminal::RawMode::enter(&stdin);
+    if std::env::var_os(PANIC_SELFTEST_ENV).is_some_and(|v| v == "1") {
+        // As in a release build, where a panic aborts: no destructor runs.
+        std::mem::forget(_raw);
+        panic!("self-test panic ({PANIC_SELFTEST_ENV}=1)");
+    }
     let console = Console {
         output: ConsoleOutput::File(stdout),
         input: ConsoleInput::File(stdin),

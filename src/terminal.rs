@@ -31,6 +31,12 @@ impl RawMode {
             None
         };
         if let Some(orig) = saved {
+            // For the panic hook and the SIGSYS reporter, which cannot run `Drop`.
+            // SAFETY: `dup` of our open descriptor; the copy is never closed (process-wide).
+            let keep = unsafe { libc::dup(fd) };
+            if keep >= 0 {
+                let _ = RESTORE.set((keep, orig));
+            }
             let mut raw = orig;
             raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::IEXTEN);
             raw.c_iflag &= !(libc::IXON | libc::ICRNL);
@@ -55,6 +61,32 @@ impl Drop for RawMode {
             unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &orig) };
         }
     }
+}
+
+/// The terminal and its settings before raw mode, for the paths that end the process without
+/// running destructors: a panic (release builds abort) and a seccomp kill.
+static RESTORE: std::sync::OnceLock<(libc::c_int, libc::termios)> = std::sync::OnceLock::new();
+
+/// Restores the terminal's settings from before raw mode, if it was changed. Async-signal-safe
+/// (`tcsetattr` on a saved descriptor).
+pub fn restore_terminal() {
+    if let Some((fd, t)) = RESTORE.get() {
+        // The bare TCSETS ioctl, which every thread's seccomp filter allows for this (glibc's
+        // tcsetattr asks TCGETS first). The kernel reads its `struct termios`, which glibc's
+        // begins with (flags, line discipline, the first 19 control characters).
+        // SAFETY: restores attributes read by `RawMode::enter` on a descriptor kept for this.
+        unsafe { libc::ioctl(*fd, libc::TCSETS, t as *const libc::termios) };
+    }
+}
+
+/// Installs a panic hook that restores the terminal before the default report (a release
+/// build then aborts, which runs no destructor).
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        default(info);
+    }));
 }
 
 const STOP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -170,6 +202,8 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         // SAFETY: writing a valid buffer to stderr.
         unsafe { libc::write(2, p.as_ptr().cast(), p.len()) };
     }
+    // TCSETS is in every thread's filter for this.
+    restore_terminal();
     // SAFETY: terminating the process from a signal handler.
     unsafe { libc::_exit(128 + libc::SIGSYS) };
 }

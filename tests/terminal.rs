@@ -3,49 +3,10 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ember_bin, require_kvm, tiny_guest};
-
-struct Pty {
-    master: OwnedFd,
-    slave: OwnedFd,
-}
-
-fn pty() -> Pty {
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: openpty fills the two descriptors; the name, termios and winsize are optional.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty");
-    // SAFETY: both descriptors were just opened and are owned here only.
-    unsafe {
-        Pty {
-            master: OwnedFd::from_raw_fd(m),
-            slave: OwnedFd::from_raw_fd(s),
-        }
-    }
-}
-
-fn lflag(fd: &OwnedFd) -> libc::tcflag_t {
-    let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
-    // SAFETY: valid descriptor and out-pointer; read only on success.
-    assert_eq!(
-        unsafe { libc::tcgetattr(fd.as_raw_fd(), t.as_mut_ptr()) },
-        0
-    );
-    // SAFETY: tcgetattr succeeded.
-    unsafe { t.assume_init() }.c_lflag
-}
+use common::{ember_bin, lflag, pty, require_kvm, tiny_guest, Pty};
 
 fn spawn_on(p: &Pty, args: &[&str]) -> std::process::Child {
     let stdin = p.slave.try_clone().expect("dup");
@@ -99,4 +60,33 @@ fn raw_mode_is_restored_after_exit_error_and_signal() {
     std::thread::sleep(Duration::from_millis(10));
     assert_eq!(lflag(&p.slave), before);
     drop(p.master);
+}
+
+#[test]
+fn the_terminal_is_restored_after_a_panic_and_a_seccomp_kill() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = tiny_guest().to_str().expect("utf-8").to_string();
+    let p = pty();
+    let before = lflag(&p.slave);
+    let args = ["--kernel", kernel.as_str(), "--cmdline", "action=loop"];
+    for (var, value) in [
+        ("EMBER_PANIC_SELFTEST", "1"),
+        ("EMBER_SECCOMP_SELFTEST", "vcpu"),
+    ] {
+        let stdin = p.slave.try_clone().expect("dup");
+        let out = Command::new(ember_bin())
+            .args(args)
+            .env(var, value)
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+            .wait_with_output()
+            .expect("wait");
+        assert!(!out.status.success(), "{var}: {out:?}");
+        assert_eq!(lflag(&p.slave), before, "{var}: the terminal is left raw");
+    }
 }
