@@ -33,7 +33,7 @@ pub fn require_kvm() -> bool {
     ok
 }
 
-/// Whether the host's KVM is kvm-pvm (guest user space cannot make system calls there).
+/// Whether the host's KVM is kvm-pvm (guest kernel code runs under its instruction emulator).
 pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
@@ -275,4 +275,49 @@ pub fn output_within(child: std::process::Child, timeout: Duration) -> std::proc
         String::from_utf8_lossy(&out.stdout)
     );
     out
+}
+
+/// A pseudo-terminal pair.
+pub struct Pty {
+    /// The terminal side a program reads and writes.
+    pub master: std::os::fd::OwnedFd,
+    /// The side given to the program as its terminal.
+    pub slave: std::os::fd::OwnedFd,
+}
+
+/// A new pseudo-terminal with the default (canonical, echoing) settings.
+pub fn pty() -> Pty {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty fills the two descriptors; the name, termios and winsize are optional.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here only.
+    unsafe {
+        Pty {
+            master: OwnedFd::from_raw_fd(m),
+            slave: OwnedFd::from_raw_fd(s),
+        }
+    }
+}
+
+/// The local-mode flags of a terminal.
+pub fn lflag(fd: &std::os::fd::OwnedFd) -> libc::tcflag_t {
+    use std::os::fd::AsRawFd;
+    let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: valid descriptor and out-pointer; read only on success.
+    assert_eq!(
+        unsafe { libc::tcgetattr(fd.as_raw_fd(), t.as_mut_ptr()) },
+        0
+    );
+    // SAFETY: tcgetattr succeeded.
+    unsafe { t.assume_init() }.c_lflag
 }
