@@ -1,7 +1,8 @@
 //! `cargo bench --bench boot`: Ember against QEMU microvm on the same kernel, initramfs and
 //! guest options, interleaved. Environment: `EMBER_BENCH_N` (Linux boots per VMM, default
 //! 10), `EMBER_BENCH_TINY_N` (tiny-guest runs, default 20), `EMBER_BENCH_NO_QEMU=1`,
-//! `EMBER_BENCH_NO_BACKING=1` (skip the Linux boots with the other guest-memory backing).
+//! `EMBER_BENCH_NO_BACKING=1` (skip the Linux boots with the other guest-memory backing),
+//! `EMBER_BENCH_NO_FIRST_OUTPUT=1` (skip the boots timing "Run /init" to a command's output).
 //! Results: a table on stdout, JSON and an SVG plot under target/ember-bench/.
 
 #[path = "harness/boot.rs"]
@@ -36,17 +37,27 @@ fn main() {
     };
     let v = boot::run(&opts);
     let json = harness::write_json("boot", &v);
-    let series = |who: &str| -> Vec<f64> {
-        v["linux"][who]["samples"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["to_marker_ms"].as_f64())
-                    .collect()
-            })
-            .unwrap_or_default()
+    let series = |who: &str, key: &str| -> Vec<f64> {
+        let samples = |v: &serde_json::Value| -> Vec<f64> {
+            v["samples"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s[key].as_f64()).collect())
+                .unwrap_or_default()
+        };
+        let mut out = samples(&v["linux"][who]);
+        if key == "to_init_ready_ms" {
+            out.extend(samples(&v["first_output"][who]));
+        }
+        out
     };
-    let (e, q) = (series("ember"), series("qemu"));
+    let (e, q) = (
+        series("ember", "to_marker_ms"),
+        series("qemu", "to_marker_ms"),
+    );
+    let (er, qr) = (
+        series("ember", "to_init_ready_ms"),
+        series("qemu", "to_init_ready_ms"),
+    );
     let phases: Vec<(String, f64)> = v["linux"]["ember"]["phases_median_ms"]
         .as_array()
         .map(|a| {
@@ -62,8 +73,13 @@ fn main() {
         .unwrap_or_default();
     let svg = harness::plot(
         "boot",
-        "Linux: spawn to console marker",
-        &[("Ember", &e), ("QEMU microvm", &q)],
+        "Linux: spawn to Run /init, to init ready",
+        &[
+            ("Ember /init", &e),
+            ("QEMU /init", &q),
+            ("Ember ready", &er),
+            ("QEMU ready", &qr),
+        ],
         &phases,
     );
     println!("{}", boot::table(&v));

@@ -184,6 +184,9 @@ pub struct Sample {
     pub guest_rss_kib: Option<u64>,
     /// Everything on stdout.
     pub stdout: String,
+    /// Each complete stdout line (the console) with when it was read (ms since spawn; the
+    /// time of the read that brought its newline), without its line ending.
+    pub lines: Vec<(f64, String)>,
     /// Everything on stderr.
     pub stderr: String,
 }
@@ -192,6 +195,14 @@ impl Sample {
     /// Peak RSS beyond touched guest memory (KiB).
     pub fn overhead_kib(&self) -> Option<u64> {
         Some(self.peak_rss_kib?.saturating_sub(self.guest_rss_kib?))
+    }
+
+    /// When the first console line containing `needle` was read (ms since spawn).
+    pub fn line_at(&self, needle: &str) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
     }
 }
 
@@ -265,13 +276,21 @@ pub fn timed_run_until(
     let marker_owned = marker.map(str::to_string);
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
+        let mut lines = Vec::new();
+        let mut line_start = 0;
         let mut buf = [0u8; 4096];
         let mut seen = false;
         loop {
             match out.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let read_at = start.elapsed().as_secs_f64() * 1e3;
                     all.extend_from_slice(&buf[..n]);
+                    while let Some(nl) = all[line_start..].iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&all[line_start..line_start + nl]);
+                        lines.push((read_at, line.trim_end_matches('\r').to_string()));
+                        line_start += nl + 1;
+                    }
                     if let Some(e) = &end_owned {
                         let window = &all[all.len().saturating_sub(n + e.len())..];
                         if window.windows(e.len()).any(|w| w == e.as_bytes()) {
@@ -293,7 +312,11 @@ pub fn timed_run_until(
                 }
             }
         }
-        all
+        if line_start < all.len() {
+            let at = start.elapsed().as_secs_f64() * 1e3;
+            lines.push((at, String::from_utf8_lossy(&all[line_start..]).into_owned()));
+        }
+        (all, lines)
     });
     let err_reader = std::thread::spawn(move || {
         let mut s = Vec::new();
@@ -325,7 +348,8 @@ pub fn timed_run_until(
     } else {
         start.elapsed().as_secs_f64() * 1e3
     };
-    let stdout = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    let (all, lines) = reader.join().expect("reader");
+    let stdout = String::from_utf8_lossy(&all).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().expect("reader")).into_owned();
     let (to_marker_ms, peak_rss_kib, guest_rss_kib) = match rx.try_recv() {
         Ok((at, peak, guest)) => (Some(at.as_secs_f64() * 1e3), peak, guest),
@@ -338,6 +362,7 @@ pub fn timed_run_until(
         peak_rss_kib,
         guest_rss_kib,
         stdout,
+        lines,
         stderr,
     }
 }
@@ -447,17 +472,44 @@ pub fn plot(
     p
 }
 
-fn draw(p: &Path, title: &str, series: &[(&str, &[f64])], phases: &[(String, f64)]) {
+/// A plot panel: title, unit of the y axis, and the named series of samples.
+pub type Panel<'a> = (&'a str, &'a str, &'a [(&'a str, &'a [f64])]);
+
+/// Draws one dot-distribution panel per `(title, unit, series)`, side by side; writes
+/// target/ember-bench/<name>.svg.
+pub fn plot_panels(name: &str, panels: &[Panel<'_>]) -> PathBuf {
     use plotters::prelude::*;
-    let root = SVGBackend::new(p, (900, 480)).into_drawing_area();
-    let _ = root.fill(&WHITE);
-    let (left, right) = root.split_horizontally(560);
+    let p = out_dir().join(format!("{name}.svg"));
+    let width = 320 * panels.len().max(1) as u32;
+    {
+        let root = SVGBackend::new(&p, (width, 400)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        for (area, (title, unit, series)) in root
+            .split_evenly((1, panels.len().max(1)))
+            .iter()
+            .zip(panels)
+        {
+            draw_dots(area, title, unit, series);
+        }
+        let _ = root.present();
+    }
+    p
+}
+
+/// One panel: each series' samples as dots in its own column, with a bar at the median.
+fn draw_dots<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    unit: &str,
+    series: &[(&str, &[f64])],
+) {
+    use plotters::prelude::*;
     let max = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .fold(1.0f64, f64::max)
         * 1.1;
-    if let Ok(mut chart) = ChartBuilder::on(&left)
+    if let Ok(mut chart) = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(30)
@@ -469,7 +521,7 @@ fn draw(p: &Path, title: &str, series: &[(&str, &[f64])], phases: &[(String, f64
             .configure_mesh()
             .x_labels(series.len())
             .x_label_formatter(&|x| names.get(x.round() as usize).cloned().unwrap_or_default())
-            .y_desc("ms")
+            .y_desc(unit)
             .draw();
         let colors = [RED, BLUE, GREEN, MAGENTA];
         for (i, (_, v)) in series.iter().enumerate() {
@@ -486,6 +538,14 @@ fn draw(p: &Path, title: &str, series: &[(&str, &[f64])], phases: &[(String, f64
             )));
         }
     }
+}
+
+fn draw(p: &Path, title: &str, series: &[(&str, &[f64])], phases: &[(String, f64)]) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(p, (900, 480)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let (left, right) = root.split_horizontally(560);
+    draw_dots(&left, title, "ms", series);
     if !phases.is_empty() {
         let total = phases.last().map_or(1.0, |p| p.1).max(1e-6);
         if let Ok(mut chart) = ChartBuilder::on(&right)
