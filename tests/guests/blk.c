@@ -898,11 +898,13 @@ static void scribble_device(struct disk *d) {
     for (u32 off = 0x100; off < 0x1000; off += 4) mmio_write(base, off, 0xdeadbeef);
 }
 
-/* Random writes and reads on every I/O port but the two that end the VM (i8042 reset at
-   0x64, exit port 0xf4) and COM1 (its output is the test's evidence). */
+/* Random writes and reads on every I/O port but those that end the VM (i8042 reset at 0x64,
+   the exit device's status and power-off ports 0xf4-0xf5) and COM1 (its output is the test's
+   evidence). */
 static void scribble_ports(void) {
     for (u32 port = 0; port < 0x10000; port++) {
-        if (port == 0x64 || port == 0xf4 || (port >= COM1 && port < COM1 + 8)) continue;
+        if (port == 0x64 || port == 0xf4 || port == 0xf5 || (port >= COM1 && port < COM1 + 8))
+            continue;
         outb((u16)port, (u8)rnd());
         (void)inb((u16)port);
     }

@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use arch::x86_64::layout::{
     BOOT_TIMER, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, EXIT_PORT, EXIT_PORT_SIZE, I8042_KBD_IRQ,
     I8042_PORT, IOAPIC, IOAPIC_SIZE, IRQ_MAX, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE,
-    VIRTIO_MMIO_START,
+    VIRTIO_MMIO_START, VIRTIO_MMIO_WINDOW_SIZE,
 };
 use devices::bus::BusError;
 use devices::legacy::serial::ConsoleInputSink;
@@ -19,7 +19,8 @@ use devices::virtio::block::{BlockHandler, Disk, DiskError, VirtioBlock};
 use devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::{EventFdTrigger, SharedExitSink};
-use kvm_ioctls::{IoEventAddress, NoDatamatch};
+use kvm_ioctls::IoEventAddress;
+use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 
 use crate::config::DiskConfig;
 use crate::console::{ConsoleOutputHandler, ConsoleWriter};
@@ -42,9 +43,9 @@ pub enum DeviceError {
     /// Opening a disk failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// No interrupt line is left.
-    #[error("No interrupt line left for disk {0}")]
-    NoIrq(usize),
+    /// No interrupt line or MMIO window is left for another virtio device.
+    #[error("No interrupt line or MMIO window left for {0}")]
+    NoSlot(&'static str),
     /// Inserting into a bus failed.
     #[error("Cannot place {0} on the bus")]
     Bus(&'static str, #[source] BusError),
@@ -141,11 +142,114 @@ pub(crate) fn create_legacy_devices(
     })
 }
 
-/// Creates one virtio-blk device per disk on the MMIO bus and returns the kernel
-/// command-line entries (`virtio_mmio.device=...`) that announce them.
+/// Hands out virtio-mmio windows and their interrupt lines (GSIs), with rust-vmm's
+/// vm-allocator.
+pub(crate) struct MmioAllocator {
+    windows: AddressAllocator,
+    gsis: IdAllocator,
+}
+
+impl MmioAllocator {
+    /// Windows from `layout::VIRTIO_MMIO_START`, GSIs from `layout::VIRTIO_IRQ_START` to the
+    /// last I/O APIC pin.
+    pub(crate) fn new() -> Self {
+        Self {
+            windows: AddressAllocator::new(VIRTIO_MMIO_START, VIRTIO_MMIO_WINDOW_SIZE)
+                .expect("the layout's virtio-mmio range is valid (checked at compile time)"),
+            gsis: IdAllocator::new(VIRTIO_IRQ_START, IRQ_MAX)
+                .expect("the layout's virtio GSI range is valid"),
+        }
+    }
+
+    fn allocate(&mut self, name: &'static str) -> Result<(u64, u32), DeviceError> {
+        let gsi = self
+            .gsis
+            .allocate_id()
+            .map_err(|_| DeviceError::NoSlot(name))?;
+        let window = self
+            .windows
+            .allocate(VIRTIO_MMIO_SIZE, VIRTIO_MMIO_SIZE, AllocPolicy::FirstMatch)
+            .map_err(|_| DeviceError::NoSlot(name))?;
+        Ok((window.start(), gsi))
+    }
+}
+
+/// What a virtio device brings to [`attach_virtio_mmio`]: the device, and how to make its
+/// event-loop handler from its queues' notification eventfds (index = queue index).
+pub(crate) struct VirtioMmioDevice {
+    /// For messages ("a disk", "the network card").
+    pub name: &'static str,
+    /// The device behind the transport.
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Builds the handler that serves the queues when their eventfds fire.
+    pub handler: Box<dyn FnOnce(Vec<EventFd>) -> Subscriber>,
+}
+
+/// Attaches a virtio device over MMIO: a window and a GSI from `alloc`, the irqfd, one
+/// ioeventfd per queue on `QueueNotify` with the queue's index as its datamatch (the value the
+/// driver writes there, virtio 1.2 §4.2.2), the transport on the bus, the handler on the
+/// event loop. Returns the kernel command-line entry that announces the device.
+pub(crate) fn attach_virtio_mmio(
+    vm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    alloc: &mut MmioAllocator,
+    devices: &mut Devices,
+    dev: VirtioMmioDevice,
+) -> Result<String, DeviceError> {
+    let name = dev.name;
+    let (base, gsi) = alloc.allocate(name)?;
+    let eventfd = || {
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| DeviceError::EventFd(name, e))
+    };
+    let irq = eventfd()?;
+    vm.fd
+        .register_irqfd(&irq, gsi)
+        .map_err(|e| DeviceError::Irqfd(name, e))?;
+    let queues = dev
+        .device
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .queue_max_sizes()
+        .len();
+    let mut kicks = Vec::with_capacity(queues);
+    let mut kicks_for_bus = Vec::with_capacity(queues);
+    for index in 0..queues {
+        let kick = eventfd()?;
+        vm.fd
+            .register_ioevent(
+                &kick,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
+                index as u32,
+            )
+            .map_err(|e| DeviceError::Ioeventfd(name, e))?;
+        kicks_for_bus.push(
+            kick.try_clone()
+                .map_err(|e| DeviceError::EventFd(name, e))?,
+        );
+        kicks.push(kick);
+    }
+    let transport = MmioTransport::new(
+        dev.device,
+        mem.clone(),
+        VirtioInterrupt::new(irq),
+        kicks_for_bus,
+    );
+    devices
+        .buses
+        .mmio
+        .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+        .map_err(|e| DeviceError::Bus(name, e))?;
+    devices.subscribers.push((dev.handler)(kicks));
+    Ok(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
+}
+
+/// Attaches one virtio-blk device per disk, `/dev/vda` first; returns the command-line
+/// entries that announce them.
 pub(crate) fn create_block_devices(
     vm: &KvmVm,
     mem: &GuestMemoryMmap,
+    alloc: &mut MmioAllocator,
     disks: &[DiskConfig],
     devices: &mut Devices,
 ) -> Result<Vec<String>, DeviceError> {
@@ -157,47 +261,25 @@ pub(crate) fn create_block_devices(
             .clone()
             .unwrap_or_else(|| format!("ember-vd{letter}"));
         let disk = Disk::open(&cfg.path, cfg.read_only, &serial)?;
-        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_IRQ_START + i as u32;
-        if gsi > IRQ_MAX {
-            return Err(DeviceError::NoIrq(i));
-        }
-
-        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| DeviceError::EventFd("a disk", e))?;
-        vm.fd
-            .register_irqfd(&irq, gsi)
-            .map_err(|e| DeviceError::Irqfd("a disk", e))?;
-        let kick = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| DeviceError::EventFd("a disk", e))?;
-        vm.fd
-            .register_ioevent(
-                &kick,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
-                NoDatamatch,
-            )
-            .map_err(|e| DeviceError::Ioeventfd("a disk", e))?;
-
         let block = Arc::new(Mutex::new(VirtioBlock::new(disk, mem.clone())));
-        let dev: Arc<Mutex<dyn VirtioDevice>> = block.clone();
-        let kick_for_bus = kick
-            .try_clone()
-            .map_err(|e| DeviceError::EventFd("a disk", e))?;
-        let transport = MmioTransport::new(
-            dev,
-            mem.clone(),
-            VirtioInterrupt::new(irq),
-            vec![kick_for_bus],
-        );
-        devices
-            .buses
-            .mmio
-            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
-            .map_err(|e| DeviceError::Bus("a disk", e))?;
-        devices
-            .subscribers
-            .push(Arc::new(Mutex::new(BlockHandler::new(block, kick))));
-        cmdline.push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        let for_handler = block.clone();
+        cmdline.push(attach_virtio_mmio(
+            vm,
+            mem,
+            alloc,
+            devices,
+            VirtioMmioDevice {
+                name: "a disk",
+                device: block,
+                handler: Box::new(move |kicks| {
+                    let kick = kicks
+                        .into_iter()
+                        .next()
+                        .expect("virtio-blk has one request queue");
+                    Arc::new(Mutex::new(BlockHandler::new(for_handler, kick)))
+                }),
+            },
+        )?);
     }
     Ok(cmdline)
 }

@@ -1,6 +1,7 @@
-//! Building and running one VM: [`Vm::start`] validates the configuration, creates the KVM
-//! VM, guest memory, devices and vCPUs in order, starts one thread per vCPU and a VMM thread
-//! for the event loop, and returns a [`VmHandle`] that owns all of them.
+//! Building and running one VM: [`Vm::start`] validates the configuration, then builds in
+//! steps (guest memory and the KVM VM, the kernel, the devices, the vCPUs), starts one thread
+//! per vCPU and a VMM thread for the event loop, and returns a [`VmHandle`]. One owner,
+//! `RunningVm`, holds every part from the first thread on and releases them in order.
 
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,7 +19,7 @@ use crate::device_manager::{create_block_devices, create_boot_timer, create_lega
 use crate::event_loop::{create_manager, run_until_stop, stop_vcpus};
 use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
-use crate::memory::{create_guest_memory, use_transparent_huge_pages};
+use crate::memory::{create_guest_memory, use_transparent_huge_pages, GuestMemoryMmap};
 use crate::seccomp::SeccompMode;
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuBootConfig};
 use crate::Error;
@@ -155,65 +156,18 @@ impl Vm {
         config.validate()?;
         let config_validated = Instant::now();
         install_kick_handler().map_err(|e| Error::Signal(e.errno()))?;
-
         let pvm_compat = crate::pvm::use_compat(config.pvm);
-        let mem = create_guest_memory(config.memory)?;
-        if config.thp {
-            let aligned = use_transparent_huge_pages(&mem)?;
-            if aligned < vm_memory::GuestMemoryBackend::num_regions(&mem) {
-                log::warn!(
-                    "guest memory is not 2 MiB aligned on the host: huge pages are used for \
-                     host memory only, not for the guest's mappings"
-                );
-            }
-        }
-        let vm = KvmVm::new(&mem)?;
-        let memory_ready = Instant::now();
 
-        let kernel = load_kernel(&mem, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(p) => Some(load_initrd(&mem, config.memory, &kernel, p)?),
-            None => None,
-        };
+        let (mem, vm) = build_memory(&config)?;
+        let memory_ready = Instant::now();
+        let (kernel, initrd) = load_guest(&config, &mem)?;
         let kernel_loaded = Instant::now();
         let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
-        let (console_in, console_in_writer) = match console.input {
-            ConsoleInput::None => (None, None),
-            ConsoleInput::File(f) => (Some(f), None),
-            ConsoleInput::Pipe => {
-                let (r, w) = pipe().map_err(Error::EventFd)?;
-                (Some(r), Some(w))
-            }
-        };
-        let console_buffer = Arc::new(
-            devices::legacy::ConsoleBuffer::new(crate::console::CONSOLE_BUFFER_BYTES)
-                .map_err(Error::EventFd)?,
-        );
-        let mut devices = create_legacy_devices(
-            &vm,
-            control.clone(),
-            ConsoleWriter::new(console_buffer.clone())
-                .with_timing(control.clone(), config.console_marker.as_deref()),
-            console_buffer,
-            console.output,
-            console_in,
-            config.vcpus,
-        )?;
-
-        create_boot_timer(&control, &mut devices)?;
-        let disk_cmdline = create_block_devices(&vm, &mem, &config.disks, &mut devices)?;
-        let cmdline = compose_cmdline(&config, &disk_cmdline, pvm_compat);
+        let (devices, console_in_writer, device_cmdline) =
+            build_devices(&config, &vm, &mem, &control, console)?;
+        let cmdline = compose_cmdline(&config, &device_cmdline, pvm_compat);
         write_boot_structures(&mem, config.memory, config.vcpus, &kernel, &cmdline, initrd)?;
-
-        let boot = VcpuBootConfig {
-            protocol: kernel.protocol,
-            entry: kernel.entry,
-            count: config.vcpus,
-            pvm_compat,
-        };
-        let vcpus = (0..config.vcpus)
-            .map(|id| Vcpu::new(&vm, id, &boot))
-            .collect::<Result<Vec<_>, _>>()?;
+        let vcpus = build_vcpus(&config, &vm, &kernel, pvm_compat)?;
         let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
         let i8042 = devices.i8042;
         let seccomp = config.seccomp;
@@ -292,6 +246,97 @@ impl Vm {
             i8042,
         })
     }
+}
+
+/// Step 1: guest memory (with transparent huge pages if asked) and the KVM VM over it.
+fn build_memory(config: &VmConfig) -> Result<(GuestMemoryMmap, KvmVm), Error> {
+    let mem = create_guest_memory(config.memory)?;
+    if config.thp {
+        let aligned = use_transparent_huge_pages(&mem)?;
+        if aligned < vm_memory::GuestMemoryBackend::num_regions(&mem) {
+            log::warn!(
+                "guest memory is not 2 MiB aligned on the host: huge pages are used for \
+                 host memory only, not for the guest's mappings"
+            );
+        }
+    }
+    let vm = KvmVm::new(&mem)?;
+    Ok((mem, vm))
+}
+
+/// Step 2: the kernel and the initramfs in guest memory.
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+) -> Result<
+    (
+        crate::boot::LoadedKernel,
+        Option<arch::x86_64::boot_params::Initrd>,
+    ),
+    Error,
+> {
+    let kernel = load_kernel(mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(load_initrd(mem, config.memory, &kernel, p)?),
+        None => None,
+    };
+    Ok((kernel, initrd))
+}
+
+/// Step 3: the devices (legacy ones, the boot timer, then each virtio device through
+/// `attach_virtio_mmio`). Returns them, the console input pipe's writing end (for
+/// [`ConsoleInput::Pipe`]) and the kernel command-line entries announcing the devices.
+fn build_devices(
+    config: &VmConfig,
+    vm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    control: &Arc<VmControl>,
+    console: Console,
+) -> Result<(crate::device_manager::Devices, Option<File>, Vec<String>), Error> {
+    let (console_in, console_in_writer) = match console.input {
+        ConsoleInput::None => (None, None),
+        ConsoleInput::File(f) => (Some(f), None),
+        ConsoleInput::Pipe => {
+            let (r, w) = pipe().map_err(Error::EventFd)?;
+            (Some(r), Some(w))
+        }
+    };
+    let console_buffer = Arc::new(
+        devices::legacy::ConsoleBuffer::new(crate::console::CONSOLE_BUFFER_BYTES)
+            .map_err(Error::EventFd)?,
+    );
+    let mut devices = create_legacy_devices(
+        vm,
+        control.clone(),
+        ConsoleWriter::new(console_buffer.clone())
+            .with_timing(control.clone(), config.console_marker.as_deref()),
+        console_buffer,
+        console.output,
+        console_in,
+        config.vcpus,
+    )?;
+    create_boot_timer(control, &mut devices)?;
+    let mut mmio_alloc = crate::device_manager::MmioAllocator::new();
+    let cmdline = create_block_devices(vm, mem, &mut mmio_alloc, &config.disks, &mut devices)?;
+    Ok((devices, console_in_writer, cmdline))
+}
+
+/// Step 4: the vCPUs, the boot processor at the kernel's entry.
+fn build_vcpus(
+    config: &VmConfig,
+    vm: &KvmVm,
+    kernel: &crate::boot::LoadedKernel,
+    pvm_compat: bool,
+) -> Result<Vec<Vcpu>, Error> {
+    let boot = VcpuBootConfig {
+        protocol: kernel.protocol,
+        entry: kernel.entry,
+        count: config.vcpus,
+        pvm_compat,
+    };
+    Ok((0..config.vcpus)
+        .map(|id| Vcpu::new(vm, id, &boot))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A running (or ended) VM. Dropping it kills the VM and releases everything it holds.

@@ -48,6 +48,9 @@ pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_START: u64 = 0xD000_0000;
 /// Size of one virtio-mmio device window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The range virtio-mmio device windows are allocated from (more windows than there are
+/// interrupt lines for them).
+pub const VIRTIO_MMIO_WINDOW_SIZE: u64 = 0x10_0000;
 /// IOAPIC MMIO base (served by `devices::legacy::Ioapic`).
 pub const IOAPIC: u64 = 0xFEC0_0000;
 /// Size of the IOAPIC's MMIO window.
@@ -85,5 +88,6 @@ const _: () = assert!(BOOT_STACK_POINTER < PML4);
 const _: () = assert!(PDE + 0x1000 <= CMDLINE);
 const _: () = assert!(CMDLINE + CMDLINE_MAX as u64 <= EBDA_START);
 const _: () = assert!(BOOT_TIMER + BOOT_TIMER_SIZE <= VIRTIO_MMIO_START);
+const _: () = assert!(VIRTIO_MMIO_START + VIRTIO_MMIO_WINDOW_SIZE <= IOAPIC);
 const _: () = assert!(VIRTIO_MMIO_START < IOAPIC && IOAPIC < LAPIC && LAPIC < KVM_IDENTITY_MAP);
 const _: () = assert!(KVM_IDENTITY_MAP + 0x1000 == KVM_TSS);
