@@ -64,6 +64,7 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     config_generation: u32,
+    warnings_left: u32,
 }
 
 impl MmioTransport {
@@ -94,6 +95,7 @@ impl MmioTransport {
             queue_sel: 0,
             status: 0,
             config_generation: 0,
+            warnings_left: 8,
         }
     }
 
@@ -293,7 +295,11 @@ impl MmioTransport {
                 match self.with_device(|d| d.activate(features, queues, interrupt)) {
                     Ok(()) => self.status = v,
                     Err(e) => {
-                        warn!("virtio-mmio: activation failed: {e}");
+                        // Guest-caused: a budget for the transport's whole life.
+                        if self.warnings_left > 0 {
+                            self.warnings_left -= 1;
+                            warn!("virtio-mmio: activation failed: {e}");
+                        }
                         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                     }
                 }

@@ -267,7 +267,8 @@ impl VirtioDevice for VirtioBlock {
     fn reset(&mut self) {
         self.active = None;
         self.broken = false;
-        self.warnings_left = 8;
+        // The warning budget is the device's whole life's: a guest that breaks and resets the
+        // device in a loop must not flood the host log.
     }
 }
 
@@ -516,6 +517,18 @@ mod tests {
         header(&r, VIRTIO_BLK_T_IN, 0);
         assert_eq!(run(&mut r, &rw_chain(WRITE, 512)), vec![(0, 513)]);
         assert_eq!(status(&r), VIRTIO_BLK_S_OK as u8);
+        // Breaking and resetting it again and again spends one warning budget, not one per
+        // reset.
+        for _ in 0..20 {
+            header(&r, VIRTIO_BLK_T_IN, 0);
+            run(&mut r, &descs);
+            assert!(r.dev.needs_reset());
+            r.dev.reset();
+        }
+        assert_eq!(
+            r.dev.warnings_left, 0,
+            "a reset restored the warning budget"
+        );
     }
 
     #[test]
