@@ -221,7 +221,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         output: ConsoleOutput::File(stdout),
         input: ConsoleInput::File(stdin),
     };
-    let seccomp = config.seccomp == vmm::seccomp::SeccompMode::On;
+    let seccomp = config.seccomp.filters();
     if seccomp {
         terminal::install_sigsys_reporter()
             .map_err(|e| format!("Cannot install the SIGSYS handler: {e}"))?;
@@ -236,7 +236,11 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
     if seccomp {
         // No thread is created after this point (clone would be refused).
-        vmm::seccomp::apply(vmm::seccomp::ThreadKind::Main).map_err(|e| error_chain(&e))?;
+        vmm::seccomp::apply(
+            vmm::seccomp::ThreadKind::Main,
+            vmm::seccomp::SeccompMode::On,
+        )
+        .map_err(|e| error_chain(&e))?;
     }
 
     let exit = handle.wait();

@@ -124,7 +124,10 @@ pub fn spawn_signal_thread(
         .name("ember-signals".into())
         .spawn(move || {
             if seccomp {
-                if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Main) {
+                if let Err(e) = vmm::seccomp::apply(
+                    vmm::seccomp::ThreadKind::Main,
+                    vmm::seccomp::SeccompMode::On,
+                ) {
                     log::error!("signal thread: {e}");
                     return;
                 }

@@ -221,7 +221,7 @@ impl VmConfig {
             disks: Vec::new(),
             command: None,
             console_marker: None,
-            seccomp: crate::seccomp::SeccompMode::On,
+            seccomp: crate::seccomp::SeccompMode::Deny,
             thp: DEFAULT_THP,
         }
     }

@@ -7,8 +7,12 @@
 //! - `main`: the `ember` CLI's own threads once the VM runs (waiting, terminal restore).
 //!
 //! Each thread installs its filter itself, before the guest's first instruction for vCPU and
-//! event-loop threads. A system call outside the list raises SIGSYS (`SECCOMP_RET_TRAP`): with
-//! no handler that kills the process; the `ember` CLI installs one that names the call first.
+//! event-loop threads. What a call outside the list does depends on the mode:
+//! [`SeccompMode::On`] (the `ember` CLI) raises SIGSYS (`SECCOMP_RET_TRAP`), which kills the
+//! process (the CLI names the call first); [`SeccompMode::Deny`], the library's default, fails
+//! the call with `EPERM`: the call is refused all the same, but a program that embeds Ember is
+//! not killed because its console writer or logger, which run on VM threads, made a call
+//! the list does not have.
 
 use seccompiler::{BpfMap, BpfProgram};
 use serde::{Deserialize, Serialize};
@@ -36,15 +40,24 @@ impl ThreadKind {
     }
 }
 
-/// Whether VM threads run under seccomp.
+/// Whether VM threads run under seccomp, and what a forbidden call does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SeccompMode {
-    /// Filters on every VM thread.
-    #[default]
+    /// Filters on every VM thread; a forbidden call kills the process (SIGSYS).
     On,
+    /// Filters on every VM thread; a forbidden call fails with `EPERM` (the library's default).
+    #[default]
+    Deny,
     /// No filters (debugging only).
     Off,
+}
+
+impl SeccompMode {
+    /// Whether VM threads get filters.
+    pub fn filters(self) -> bool {
+        self != Self::Off
+    }
 }
 
 /// Errors installing a filter.
@@ -61,27 +74,38 @@ pub enum SeccompError {
     Apply(#[source] seccompiler::Error),
 }
 
-/// All filters, compiled once per process.
-fn filters() -> Result<&'static BpfMap, SeccompError> {
-    static MAP: std::sync::OnceLock<Result<BpfMap, String>> = std::sync::OnceLock::new();
-    MAP.get_or_init(|| {
-        seccompiler::compile_from_json(FILTERS.as_bytes(), seccompiler::TargetArch::x86_64)
+/// All filters, compiled once per process: with SIGSYS for forbidden calls, or with EPERM.
+fn filters(deny: bool) -> Result<&'static BpfMap, SeccompError> {
+    static TRAP: std::sync::OnceLock<Result<BpfMap, String>> = std::sync::OnceLock::new();
+    static EPERM: std::sync::OnceLock<Result<BpfMap, String>> = std::sync::OnceLock::new();
+    let compile = |json: &str| {
+        seccompiler::compile_from_json(json.as_bytes(), seccompiler::TargetArch::x86_64)
             .map_err(|e| e.to_string())
-    })
+    };
+    if deny {
+        EPERM.get_or_init(|| {
+            compile(&FILTERS.replace(
+                r#""mismatch_action": "trap""#,
+                &format!(r#""mismatch_action": {{"errno": {}}}"#, libc::EPERM),
+            ))
+        })
+    } else {
+        TRAP.get_or_init(|| compile(FILTERS))
+    }
     .as_ref()
     .map_err(|e| SeccompError::Compile(e.clone()))
 }
 
-/// The compiled program for `kind`.
-pub fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SeccompError> {
-    filters()?
+/// The compiled program for `kind` in `mode` (`Off` gets `On`'s).
+pub fn program(kind: ThreadKind, mode: SeccompMode) -> Result<&'static BpfProgram, SeccompError> {
+    filters(mode == SeccompMode::Deny)?
         .get(kind.key())
         .ok_or(SeccompError::Missing(kind.key()))
 }
 
 /// Installs `kind`'s filter on the calling thread.
-pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
-    seccompiler::apply_filter(program(kind)?).map_err(SeccompError::Apply)
+pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(program(kind, mode)?).map_err(SeccompError::Apply)
 }
 
 #[cfg(test)]
@@ -91,7 +115,9 @@ mod tests {
     #[test]
     fn every_filter_compiles() {
         for k in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Main] {
-            assert!(!program(k).expect("compiles").is_empty());
+            for m in [SeccompMode::On, SeccompMode::Deny] {
+                assert!(!program(k, m).expect("compiles").is_empty());
+            }
         }
     }
 
@@ -99,7 +125,7 @@ mod tests {
     fn a_filtered_thread_is_killed_by_a_forbidden_call() {
         // In a child process: install the vCPU filter, then make a call it does not allow.
         // The program is compiled before the fork: the child must not allocate.
-        let prog = program(ThreadKind::Vcpu).expect("compiles");
+        let prog = program(ThreadKind::Vcpu, SeccompMode::On).expect("compiles");
         // SAFETY: fork in a test; the child only makes system calls and exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
@@ -118,5 +144,30 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+
+    #[test]
+    fn in_deny_mode_a_forbidden_call_fails_with_eperm() {
+        let prog = program(ThreadKind::Vcpu, SeccompMode::Deny).expect("compiles");
+        // SAFETY: fork in a test; the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            if seccompiler::apply_filter(prog).is_err() {
+                // SAFETY: exiting the child.
+                unsafe { libc::_exit(2) };
+            }
+            // SAFETY: a plain system call, forbidden for vCPU threads.
+            let r = unsafe { libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) };
+            // SAFETY: reading errno right after the call.
+            let e = unsafe { *libc::__errno_location() };
+            // SAFETY: exiting the child.
+            unsafe { libc::_exit(if r == -1 && e == libc::EPERM { 0 } else { 3 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the call failed with EPERM");
     }
 }

@@ -168,8 +168,8 @@ impl Vcpu {
 
     /// Runs the guest until the VM stops. Called on the vCPU's own thread.
     pub fn run(mut self, buses: &IoBuses, control: &VmControl, seccomp: SeccompMode) {
-        if seccomp == SeccompMode::On {
-            if let Err(e) = crate::seccomp::apply(ThreadKind::Vcpu) {
+        if seccomp.filters() {
+            if let Err(e) = crate::seccomp::apply(ThreadKind::Vcpu, seccomp) {
                 control.request_exit(ExitReason::HostError(format!("vcpu{}: {e}", self.id)));
                 return;
             }

@@ -171,10 +171,10 @@ impl Vm {
         let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
         let i8042 = devices.i8042;
         let seccomp = config.seccomp;
-        if seccomp == crate::seccomp::SeccompMode::On {
+        if seccomp.filters() {
             // Compile now so that a broken filter fails the start, not a thread.
-            crate::seccomp::program(crate::seccomp::ThreadKind::Vcpu)?;
-            crate::seccomp::program(crate::seccomp::ThreadKind::Vmm)?;
+            crate::seccomp::program(crate::seccomp::ThreadKind::Vcpu, seccomp)?;
+            crate::seccomp::program(crate::seccomp::ThreadKind::Vmm, seccomp)?;
         }
         // From here on `running` owns every part: any early return drops it, which stops and
         // joins the vCPU threads started so far before memory goes.
@@ -222,8 +222,9 @@ impl Vm {
                     times: boot_times,
                 };
                 let mut running = running;
-                if seccomp == crate::seccomp::SeccompMode::On {
-                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm) {
+                if seccomp.filters() {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm, seccomp)
+                    {
                         ctl.request_exit(ExitReason::HostError(format!("event loop: {e}")));
                     }
                 }
