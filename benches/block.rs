@@ -27,22 +27,11 @@ fn figures(out: &str) -> Option<(f64, f64, f64)> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        println!("block: benchmark");
+    if !harness::bench_requested("block") {
         return;
     }
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test` runs benchmarks without `--bench`: building them is the test.
-        return;
-    }
-    let rounds: usize = std::env::var("EMBER_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let mib: u64 = std::env::var("EMBER_BENCH_DISK_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+    let rounds: usize = harness::env_or("EMBER_BENCH_ROUNDS", 3);
+    let mib: u64 = harness::env_or("EMBER_BENCH_DISK_MIB", 512);
     let guest = harness::build_guest("blk", "pvh.ld");
     let img = harness::out_dir().join("block-bench.img");
     std::fs::File::create(&img)

@@ -12,25 +12,13 @@ mod harness;
 
 use std::time::Duration;
 
-fn env_n(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        println!("boot: benchmark");
-        return;
-    }
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test` runs benchmarks without `--bench`: building them is the test.
+    if !harness::bench_requested("boot") {
         return;
     }
     let opts = boot::Options {
-        boots: env_n("EMBER_BENCH_N", 10),
-        overhead_runs: env_n("EMBER_BENCH_TINY_N", 20),
+        boots: harness::env_or("EMBER_BENCH_N", 10),
+        overhead_runs: harness::env_or("EMBER_BENCH_TINY_N", 20),
         qemu: std::env::var("EMBER_BENCH_NO_QEMU").is_err(),
         compare_backing: std::env::var("EMBER_BENCH_NO_BACKING").is_err(),
         timeout: Duration::from_secs(900),

@@ -35,13 +35,6 @@ const GUEST_MIB: u64 = 256;
 /// Where the program lands in the guest's root.
 const GUEST_PROGRAM: &str = "blkbench";
 
-fn env_n(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `blkbench.c` built static into target/ember-bench.
 fn build_blkbench() -> PathBuf {
     let src = harness::repo_root().join("benches/guest/blkbench.c");
@@ -145,19 +138,14 @@ fn run_one(who: &str, program: &str, args: &[String]) -> Option<[f64; 3]> {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        println!("disk: benchmark");
+    if !harness::bench_requested("disk") {
         return;
     }
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test` runs benchmarks without `--bench`: building them is the test.
-        return;
-    }
-    let rounds = env_n("EMBER_BENCH_ROUNDS", 3);
-    let image_mib = env_n("EMBER_BENCH_DISK_MIB", 64);
-    let seq_mib = env_n("EMBER_BENCH_SEQ_MIB", 16).min(image_mib);
-    let rand_ops = env_n("EMBER_BENCH_RAND_OPS", 1000);
-    let rand_seconds = env_n("EMBER_BENCH_RAND_SECONDS", 10);
+    let rounds: u64 = harness::env_or("EMBER_BENCH_ROUNDS", 3);
+    let image_mib: u64 = harness::env_or("EMBER_BENCH_DISK_MIB", 64);
+    let seq_mib = harness::env_or::<u64>("EMBER_BENCH_SEQ_MIB", 16).min(image_mib);
+    let rand_ops: u64 = harness::env_or("EMBER_BENCH_RAND_OPS", 1000);
+    let rand_seconds: u64 = harness::env_or("EMBER_BENCH_RAND_SECONDS", 10);
 
     let (vmlinux, _) = harness::kernel();
     let initrd = combined_initrd(&harness::initramfs(), &build_blkbench());

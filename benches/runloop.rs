@@ -58,22 +58,11 @@ fn bare_run(kernel: &std::path::Path, action: &str) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        println!("runloop: benchmark");
+    if !harness::bench_requested("runloop") {
         return;
     }
-    if !std::env::args().any(|a| a == "--bench") {
-        // `cargo test` runs benchmarks without `--bench`: building them is the test.
-        return;
-    }
-    let n: u64 = std::env::var("EMBER_BENCH_EXITS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let rounds: usize = std::env::var("EMBER_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let n: u64 = harness::env_or("EMBER_BENCH_EXITS", 200_000);
+    let rounds: usize = harness::env_or("EMBER_BENCH_ROUNDS", 5);
     let tiny = harness::build_guest("tiny", "tiny.ld");
     let mut results = serde_json::Map::new();
     let mut lines = vec![format!(

@@ -1,9 +1,6 @@
 //! The boot benchmark's harness in short mode (one boot per VMM; QEMU when installed): it
 //! runs end to end and writes its JSON with every field present. Timings are not checked
 //! here: they belong to `cargo bench --bench boot`.
-// The harness and the test helpers both include tests/guests/cflags.rs.
-#![allow(clippy::duplicate_mod)]
-
 #[path = "../benches/harness/boot.rs"]
 mod boot;
 #[path = "../benches/harness/mod.rs"]

@@ -1,23 +1,18 @@
-//! Shared benchmark harness: locating artefacts, spawning Ember and QEMU side by side and
-//! timing them from the outside (spawn to console marker, spawn to exit), memory sampling,
-//! statistics, JSON results and SVG plots under `target/ember-bench/`.
+//! Shared benchmark harness: the shared helpers from the `testkit` crate (locating and
+//! building artefacts, spawning with a timeout) bound to this package's `ember` binary, and
+//! what only the benchmarks need: QEMU's side, timing Ember and QEMU from the outside (spawn
+//! to console marker, spawn to exit) with memory sampled at the marker, statistics, JSON
+//! results and SVG plots under `target/ember-bench/`.
 #![allow(dead_code)]
 
-#[path = "../../tests/guests/cflags.rs"]
-mod cflags;
-
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// Repository root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub use testkit::{host_is_pvm, repo_root};
 
 /// Where results go.
 pub fn out_dir() -> PathBuf {
@@ -28,51 +23,40 @@ pub fn out_dir() -> PathBuf {
 
 /// The `ember` binary of this build.
 pub fn ember_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ember")
+    testkit::ember_bin!()
 }
 
-/// Whether the host's KVM is kvm-pvm.
-pub fn host_is_pvm() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
+/// Whether to run the benchmark `name`: not for `--list` (which prints its name) nor without
+/// `--bench` (`cargo test` runs benchmarks that way: building them is the test).
+pub fn bench_requested(name: &str) -> bool {
+    if std::env::args().any(|a| a == "--list") {
+        println!("{name}: benchmark");
+        return false;
+    }
+    std::env::args().any(|a| a == "--bench")
 }
 
-fn script_output(script: &str, n: usize) -> Vec<PathBuf> {
-    let out = Command::new("bash")
-        .arg(repo_root().join(script))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run build script");
-    assert!(out.status.success(), "{script} failed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len() - n..].iter().map(PathBuf::from).collect()
+/// The environment variable `name` parsed, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `(vmlinux, bzImage)` of the project's kernel.
 pub fn kernel() -> (PathBuf, PathBuf) {
-    let p = script_output("resources/kernel/build.sh", 2);
-    (p[0].clone(), p[1].clone())
+    testkit::guest_kernel().clone()
 }
 
 /// The project's initramfs.
 pub fn initramfs() -> PathBuf {
-    script_output("resources/initramfs/build.sh", 1).remove(0)
+    testkit::guest_initramfs().clone()
 }
 
 /// Compiles a test guest (tests/guests/<name>.c with <ld>) into target/ember-bench.
 pub fn build_guest(name: &str, ld: &str) -> PathBuf {
-    let dir = repo_root().join("tests/guests");
-    let out = out_dir().join(format!("{name}.elf"));
-    let status = Command::new("gcc")
-        .args(cflags::GUEST_CFLAGS)
-        .arg(format!("-Wl,-T,{}", dir.join(ld).display()))
-        .arg("-o")
-        .arg(&out)
-        .arg(cflags::guest_source(&dir, name))
-        .status()
-        .expect("gcc");
-    assert!(status.success(), "building {name} failed");
-    out
+    testkit::build_guest(name, ld, &out_dir())
 }
 
 /// QEMU's version line, if `qemu-system-x86_64` is installed.
@@ -259,111 +243,35 @@ pub fn timed_run_until(
     guest_mib: u64,
     timeout: Duration,
 ) -> Sample {
-    let start = Instant::now();
-    let mut child = Command::new(program)
+    let mut spawn = testkit::Spawn::new(program)
         .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    let pid = child.id();
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    let (end_tx, end_rx) = mpsc::channel::<()>();
-    let end_owned = end.map(str::to_string);
-    let marker_owned = marker.map(str::to_string);
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut lines = Vec::new();
-        let mut line_start = 0;
-        let mut buf = [0u8; 4096];
-        let mut seen = false;
-        loop {
-            match out.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let read_at = start.elapsed().as_secs_f64() * 1e3;
-                    all.extend_from_slice(&buf[..n]);
-                    while let Some(nl) = all[line_start..].iter().position(|&b| b == b'\n') {
-                        let line = String::from_utf8_lossy(&all[line_start..line_start + nl]);
-                        lines.push((read_at, line.trim_end_matches('\r').to_string()));
-                        line_start += nl + 1;
-                    }
-                    if let Some(e) = &end_owned {
-                        let window = &all[all.len().saturating_sub(n + e.len())..];
-                        if window.windows(e.len()).any(|w| w == e.as_bytes()) {
-                            let _ = end_tx.send(());
-                        }
-                    }
-                    if !seen {
-                        if let Some(m) = &marker_owned {
-                            let window = &all[all.len().saturating_sub(n + m.len())..];
-                            if window.windows(m.len()).any(|w| w == m.as_bytes()) {
-                                seen = true;
-                                let at = start.elapsed();
-                                let peak = status_field(pid, "VmHWM:");
-                                let guest = guest_mapping_rss(pid, guest_mib * 1024);
-                                let _ = tx.send((at, peak, guest));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if line_start < all.len() {
-            let at = start.elapsed().as_secs_f64() * 1e3;
-            lines.push((at, String::from_utf8_lossy(&all[line_start..]).into_owned()));
-        }
-        (all, lines)
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let mut ended_by_us = false;
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st.code();
-        }
-        if end_rx.try_recv().is_ok() {
-            // Give the guest a moment to finish what it prints, then end it.
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = child.kill();
-            let _ = child.wait();
-            ended_by_us = true;
-            break None;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
-    let to_exit_ms = if ended_by_us {
-        f64::NAN
-    } else {
-        start.elapsed().as_secs_f64() * 1e3
-    };
-    let (all, lines) = reader.join().expect("reader");
-    let stdout = String::from_utf8_lossy(&all).into_owned();
-    let stderr = String::from_utf8_lossy(&err_reader.join().expect("reader")).into_owned();
-    let (to_marker_ms, peak_rss_kib, guest_rss_kib) = match rx.try_recv() {
-        Ok((at, peak, guest)) => (Some(at.as_secs_f64() * 1e3), peak, guest),
-        Err(_) => (None, None, None),
-    };
+        .poll(Duration::from_micros(200));
+    let (mem_tx, mem_rx) = mpsc::channel();
+    if let Some(m) = marker {
+        spawn = spawn.marker(m).on_marker(move |pid| {
+            let peak = status_field(pid, "VmHWM:");
+            let guest = guest_mapping_rss(pid, guest_mib * 1024);
+            let _ = mem_tx.send((peak, guest));
+        });
+    }
+    if let Some(e) = end {
+        spawn = spawn.end_at(e);
+    }
+    let run = spawn.run(timeout);
+    let (peak_rss_kib, guest_rss_kib) = mem_rx.try_recv().unwrap_or((None, None));
     Sample {
-        to_marker_ms,
-        to_exit_ms,
-        code,
+        to_marker_ms: run.marker_at.map(|at| at.as_secs_f64() * 1e3),
+        to_exit_ms: if run.ended_at_line {
+            f64::NAN
+        } else {
+            run.elapsed.as_secs_f64() * 1e3
+        },
+        code: run.status.and_then(|s| s.code()),
         peak_rss_kib,
         guest_rss_kib,
-        stdout,
-        lines,
-        stderr,
+        stdout: run.stdout,
+        lines: run.lines,
+        stderr: run.stderr,
     }
 }
 

@@ -1,71 +1,29 @@
-//! Shared helpers for the integration tests: KVM presence, building the tiny test guest,
-//! running `ember` with a timeout and capturing what it prints.
-#![allow(dead_code)]
+//! The integration tests' helpers: the shared ones from the `testkit` crate (KVM presence,
+//! the test guests and guest artefacts, spawning with a timeout) bound to this package's
+//! `ember` binary and temporary directory, and the ones only tests use.
+// Each test binary uses some of these; the rest would warn.
+#![allow(dead_code, unused_imports)]
 
-#[path = "../guests/cflags.rs"]
-mod cflags;
-
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use testkit::{guest_initramfs, guest_kernel, guest_rootfs, host_is_pvm, require_kvm, Run};
+
 /// The `ember` binary under test.
 pub fn ember_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ember")
+    testkit::ember_bin!()
 }
 
-/// Whether KVM is usable. Without it a test fails under `CI=true` and is skipped (with a
-/// printed reason) elsewhere.
-pub fn require_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("/dev/kvm is not usable and CI=true: KVM tests cannot be skipped");
-        }
-        eprintln!("SKIPPED: /dev/kvm is not usable on this host");
-    }
-    ok
-}
-
-/// Whether the host's KVM is kvm-pvm (guest kernel code runs under its instruction emulator).
-pub fn host_is_pvm() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
+/// Where the test guests are built.
 fn out_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guests");
-    std::fs::create_dir_all(&d).expect("guest build directory");
-    d
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guests")
 }
 
 /// Compiles `tests/guests/<name>.c` (or `.S`) with the system gcc and the linker script
 /// `tests/guests/<ld>` into a freestanding ELF.
 pub fn build_guest_with(name: &str, ld: &str) -> PathBuf {
-    let src = cflags::guest_source(&repo_root().join("tests/guests"), name);
-    let ld = repo_root().join("tests/guests").join(ld);
-    let out = out_dir().join(format!("{name}.elf"));
-    let tmp = out_dir().join(format!("{name}.elf.{}", std::process::id()));
-    let status = Command::new("gcc")
-        .args(cflags::GUEST_CFLAGS)
-        .arg(format!("-Wl,-T,{}", ld.display()))
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&src)
-        .status()
-        .expect("gcc must be installed to build the test guests");
-    assert!(status.success(), "building {} failed", src.display());
-    std::fs::rename(&tmp, &out).expect("install guest");
-    out
+    testkit::build_guest(name, ld, &out_dir())
 }
 
 /// Compiles `tests/guests/<name>.c` with `tiny.ld` (64-bit boot protocol entry).
@@ -109,28 +67,6 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     })
 }
 
-/// What one run of `ember` did.
-#[derive(Debug)]
-pub struct Run {
-    /// Exit status (None if killed after the timeout).
-    pub status: Option<ExitStatus>,
-    /// Everything on stdout.
-    pub stdout: String,
-    /// Everything on stderr.
-    pub stderr: String,
-    /// Wall time until exit.
-    pub elapsed: Duration,
-    /// Whether the timeout killed it.
-    pub timed_out: bool,
-}
-
-impl Run {
-    /// The exit code, or -1 when killed by a signal or the timeout.
-    pub fn code(&self) -> i32 {
-        self.status.and_then(|s| s.code()).unwrap_or(-1)
-    }
-}
-
 /// Runs `ember args...` with `stdin` as input, killing it after `timeout`.
 pub fn run_ember(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
     run_ember_env(args, stdin, timeout, &[])
@@ -138,94 +74,11 @@ pub fn run_ember(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
 
 /// Like [`run_ember`] with extra environment variables.
 pub fn run_ember_env(args: &[&str], stdin: &[u8], timeout: Duration, env: &[(&str, &str)]) -> Run {
-    let start = Instant::now();
-    let mut cmd = Command::new(ember_bin());
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn ember");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if start.elapsed() > timeout {
-            timed_out = true;
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let elapsed = start.elapsed();
-    let _ = writer.join();
-    let stdout = String::from_utf8_lossy(&out_t.join().expect("stdout reader")).into_owned();
-    let stderr = String::from_utf8_lossy(&err_t.join().expect("stderr reader")).into_owned();
-    Run {
-        status,
-        stdout,
-        stderr,
-        elapsed,
-        timed_out,
-    }
-}
-
-/// Runs one of the resources/ build scripts (cached after the first run) and returns the
-/// last `n` lines of its output: the paths it built.
-fn build_artefacts(script: &str, n: usize) -> Vec<PathBuf> {
-    let path = repo_root().join(script);
-    let out = Command::new("bash")
-        .arg(&path)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(out.status.success(), "{} failed", path.display());
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() >= n, "{} printed {text:?}", path.display());
-    lines[lines.len() - n..].iter().map(PathBuf::from).collect()
-}
-
-/// The project's guest kernel: `(vmlinux, bzImage)`.
-pub fn guest_kernel() -> &'static (PathBuf, PathBuf) {
-    static K: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    K.get_or_init(|| {
-        let p = build_artefacts("resources/kernel/build.sh", 2);
-        (p[0].clone(), p[1].clone())
-    })
-}
-
-/// The project's busybox initramfs.
-pub fn guest_initramfs() -> &'static PathBuf {
-    static I: OnceLock<PathBuf> = OnceLock::new();
-    I.get_or_init(|| build_artefacts("resources/initramfs/build.sh", 1).remove(0))
-}
-
-/// The project's ext4 root filesystem image (shared: copy it before writing).
-pub fn guest_rootfs() -> &'static PathBuf {
-    static R: OnceLock<PathBuf> = OnceLock::new();
-    R.get_or_init(|| build_artefacts("resources/rootfs/build.sh", 1).remove(0))
+    env.iter()
+        .fold(testkit::Spawn::new(ember_bin()), |s, (k, v)| s.env(k, v))
+        .args(args)
+        .stdin(stdin)
+        .run(timeout)
 }
 
 /// A private copy of `src` in the test temporary directory.
