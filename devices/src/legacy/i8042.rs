@@ -43,6 +43,23 @@ const CTRL_ALT_DEL: &[u8] = &[
 
 const BUF_MAX: usize = 64;
 
+/// The i8042's state as plain data (for snapshots).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    /// Status register.
+    pub status: u8,
+    /// Controller configuration ("command byte").
+    pub control: u8,
+    /// Output port.
+    pub outp: u8,
+    /// A command waiting for its data byte.
+    pub cmd: u8,
+    /// Bytes waiting to be read at port 0x60.
+    pub buf: Vec<u8>,
+    /// Whether a guest driver has used the controller.
+    pub driver_seen: bool,
+}
+
 /// The i8042 controller on the I/O bus.
 pub struct I8042 {
     exit: SharedExitSink,
@@ -70,6 +87,34 @@ impl I8042 {
             buf: VecDeque::with_capacity(BUF_MAX),
             driver_seen: false,
         }
+    }
+
+    /// The state, as plain data.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            outp: self.outp,
+            cmd: self.cmd,
+            buf: self.buf.iter().copied().collect(),
+            driver_seen: self.driver_seen,
+        }
+    }
+
+    /// A controller in `state` (the buffer cut to its bound), wired like [`Self::new`].
+    pub fn from_state(
+        state: &I8042State,
+        exit: SharedExitSink,
+        kbd_irq: Option<EventFdTrigger>,
+    ) -> Self {
+        let mut d = Self::new(exit, kbd_irq);
+        d.status = state.status;
+        d.control = state.control;
+        d.outp = state.outp;
+        d.cmd = state.cmd;
+        d.buf = state.buf.iter().copied().take(BUF_MAX).collect();
+        d.driver_seen = state.driver_seen;
+        d
     }
 
     fn push(&mut self, byte: u8) {
@@ -224,6 +269,34 @@ mod tests {
             got.push(read(&mut dev, DATA));
         }
         assert_eq!(got, CTRL_ALT_DEL);
+    }
+
+    #[test]
+    fn state_round_trips_and_the_buffer_stays_bounded() {
+        let mut dev = I8042::new(Arc::new(Sink::default()), None);
+        dev.write(COMMAND, &[CMD_WRITE_CTR]);
+        dev.write(DATA, &[0x47]);
+        dev.write(DATA, &[0xff]); // keyboard reset: ACK and 0xAA queued
+        let st = dev.state();
+        assert_eq!(st.buf, vec![KBD_ACK, KBD_RESET_OK]);
+        let mut back = I8042::from_state(&st, Arc::new(Sink::default()), None);
+        assert_eq!(back.state(), st);
+        assert_eq!(
+            (read(&mut back, DATA), read(&mut back, DATA)),
+            (KBD_ACK, KBD_RESET_OK)
+        );
+        assert!(
+            back.send_ctrl_alt_del(),
+            "the driver was seen before the snapshot"
+        );
+        let mut huge = st.clone();
+        huge.buf = vec![0; 1000];
+        assert_eq!(
+            I8042::from_state(&huge, Arc::new(Sink::default()), None)
+                .buf
+                .len(),
+            BUF_MAX
+        );
     }
 
     #[test]

@@ -60,6 +60,18 @@ pub trait MsiRouter: Send {
     fn set_routes(&mut self, routes: &PinRoutes) -> std::io::Result<()>;
 }
 
+/// The I/O APIC's state as plain data (for snapshots): its ID, the selected register and the
+/// 24 redirection entries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoapicState {
+    /// APIC ID.
+    pub id: u32,
+    /// IOREGSEL.
+    pub select: u32,
+    /// Redirection entries, one per pin.
+    pub entries: Vec<u64>,
+}
+
 /// The I/O APIC.
 pub struct Ioapic {
     id: u32,
@@ -81,6 +93,30 @@ impl Ioapic {
             router,
             router_failed: false,
         }
+    }
+
+    /// The state, as plain data.
+    pub fn state(&self) -> IoapicState {
+        IoapicState {
+            id: self.id,
+            select: self.select,
+            entries: self.entries.to_vec(),
+        }
+    }
+
+    /// An I/O APIC in `state`, its routes installed through `router` at once (a restored
+    /// guest's interrupts are delivered before it writes a register again). Entries past the
+    /// 24 pins are ignored, read-only bits cleared.
+    pub fn from_state(state: &IoapicState, router: Box<dyn MsiRouter>) -> Self {
+        let mut d = Self::new(0, router);
+        d.id = state.id & 0xff;
+        d.select = state.select & 0xff;
+        for (e, s) in d.entries.iter_mut().zip(&state.entries) {
+            *e = s & RTE_WRITABLE;
+        }
+        d.installed = [Some(MsiMessage::default()); IOAPIC_PINS]; // differs: force an install
+        d.update_routes();
+        d
     }
 
     fn read_register(&self) -> u32 {
@@ -223,6 +259,28 @@ mod tests {
         let mut b = [0u8; 4];
         io.read(IOWIN, &mut b);
         u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn a_restored_ioapic_installs_its_routes_at_once() {
+        let (mut io, _) = ioapic();
+        write_reg(&mut io, REG_REDIRECTION + 9, 3 << 24);
+        write_reg(&mut io, REG_REDIRECTION + 8, 0x31);
+        let st = io.state();
+        let routes = Routes::default();
+        let mut back = Ioapic::from_state(&st, Box::new(routes.clone()));
+        assert_eq!(back.state(), st);
+        let installed = routes.0.lock().expect("lock").clone();
+        assert_eq!(installed.len(), 1, "one install, at restore");
+        assert_eq!(installed[0][4], route(st.entries[4]));
+        assert!(installed[0][4].is_some());
+        assert_eq!(read_reg(&mut back, REG_ID), 1 << 24);
+        // Read-only bits and extra entries from a tampered state are dropped.
+        let mut bad = st.clone();
+        bad.entries = vec![u64::MAX; 40];
+        let back = Ioapic::from_state(&bad, Box::new(Routes::default()));
+        assert!(back.state().entries.iter().all(|e| e & RTE_READ_ONLY == 0));
+        assert_eq!(back.state().entries.len(), IOAPIC_PINS);
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub mod serial;
 pub use boot_timer::BootTimer;
 pub use console_buffer::ConsoleBuffer;
 pub use exit_port::ExitPort;
-pub use i8042::I8042;
-pub use ioapic::{Ioapic, MsiMessage, MsiRouter, PinRoutes, IOAPIC_PINS};
+pub use i8042::{I8042State, I8042};
+pub use ioapic::{Ioapic, IoapicState, MsiMessage, MsiRouter, PinRoutes, IOAPIC_PINS};
 pub use serial::{Serial, SerialInput};

@@ -51,6 +51,37 @@ impl SerialEvents for InputDrained {
     }
 }
 
+/// vm-superio's UART registers, mirrored for serde (vm-superio's `SerialState` has no serde).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(remote = "vm_superio::serial::SerialState")]
+struct UartRegisters {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
+/// The UART's state as plain data (for snapshots): its registers and receive FIFO, and the
+/// bytes its transmitter holds back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialDeviceState {
+    /// Registers and the receive FIFO.
+    #[serde(with = "UartRegisters")]
+    pub uart: vm_superio::serial::SerialState,
+    /// Transmit bytes waiting for room in the output buffer.
+    pub held: Vec<u8>,
+    /// Line control (DLAB).
+    pub lcr: u8,
+    /// Modem control (loopback).
+    pub mcr: u8,
+}
+
 /// The UART on the I/O bus. `W` receives the guest's output.
 pub struct Serial<W: Write + Send> {
     inner: vm_superio::Serial<EventFdTrigger, InputDrained, W>,
@@ -77,6 +108,40 @@ impl<W: Write + Send> Serial<W> {
                 dropped: 0,
                 lcr: 0,
                 mcr: 0,
+            },
+            drained,
+        ))
+    }
+
+    /// The state, as plain data.
+    pub fn state(&self) -> SerialDeviceState {
+        SerialDeviceState {
+            uart: self.inner.state(),
+            held: self.held.iter().copied().collect(),
+            lcr: self.lcr,
+            mcr: self.mcr,
+        }
+    }
+
+    /// A UART in `state`, wired like [`Self::new`]; pending interrupts are raised again. Fails
+    /// on a receive FIFO larger than the UART's.
+    pub fn from_state(
+        state: &SerialDeviceState,
+        irq: EventFdTrigger,
+        out: W,
+    ) -> std::io::Result<(Self, EventFd)> {
+        let drained = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let events = InputDrained(drained.try_clone()?);
+        let inner = vm_superio::Serial::from_state(&state.uart, irq, events, out)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        Ok((
+            Self {
+                inner,
+                output: None,
+                held: state.held.iter().copied().take(TX_FIFO).collect(),
+                dropped: 0,
+                lcr: state.lcr,
+                mcr: state.mcr,
             },
             drained,
         ))
@@ -400,6 +465,36 @@ mod tests {
         buf.take(&mut out);
         assert_eq!(out, b"abcdefghijklmnopqrst");
         assert!(irq.read().expect("THR-empty interrupt after the flush") >= 1);
+    }
+
+    #[test]
+    fn state_round_trips_with_fifo_and_held_bytes() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let (mut s, _) = Serial::new(
+            EventFdTrigger(irq.try_clone().expect("clone")),
+            Shared::default(),
+        )
+        .expect("serial");
+        s.write(3, &[0x03]);
+        s.write(7, &[0x5a]); // scratch
+        s.enqueue_input(b"abc");
+        s.held.extend(b"xy");
+        let st = s.state();
+        let json = serde_json::to_string(&st).expect("serialise");
+        let back: SerialDeviceState = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, st);
+        let (mut r, _) =
+            Serial::from_state(&back, EventFdTrigger(irq), Shared::default()).expect("restore");
+        assert_eq!(r.state(), st);
+        let mut b = [0u8];
+        r.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        r.read(THR, &mut b);
+        assert_eq!(b[0], b'a', "the receive FIFO came back");
+        let mut big = st.clone();
+        big.uart.in_buffer = vec![0; 65];
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        assert!(Serial::from_state(&big, EventFdTrigger(irq), Shared::default()).is_err());
     }
 
     #[test]

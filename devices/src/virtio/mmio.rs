@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use virtio_bindings::virtio_mmio as mmio;
 
-use super::{GuestMemoryMmap, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
 
 const MAGIC_VALUE: u64 = mmio::VIRTIO_MMIO_MAGIC_VALUE as u64;
@@ -50,6 +50,30 @@ const CONFIG: u64 = mmio::VIRTIO_MMIO_CONFIG as u64;
 const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
 const VENDOR: u32 = 0x5242_4d45; // "EMBR"
+
+/// A virtio-mmio transport's state as plain data (for snapshots): its registers, the queues as
+/// the driver set them up, the pending interrupt bits and the device's own state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MmioTransportState {
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Device status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// The queues' registers.
+    pub queues: Vec<crate::virtio::QueueSnapshot>,
+    /// The device behind the transport.
+    pub device: crate::virtio::VirtioDeviceState,
+}
 
 /// The transport of one device.
 pub struct MmioTransport {
@@ -97,6 +121,56 @@ impl MmioTransport {
             config_generation: 0,
             warnings_left: 8,
         }
+    }
+
+    /// The state, as plain data (the VM is paused).
+    pub fn state(&self) -> MmioTransportState {
+        MmioTransportState {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| crate::virtio::QueueSnapshot(q.state()))
+                .collect(),
+            device: self.with_device(|d| d.state()),
+        }
+    }
+
+    /// Takes `state` back on a fresh transport for a fresh device of the same kind: registers,
+    /// queues, the device (re-activated with its queues when it was active) and the pending
+    /// interrupt bits, which are raised again. Then every queue is kicked, so requests the
+    /// guest had made available are served.
+    pub fn restore(&mut self, state: &MmioTransportState) -> Result<(), ActivateError> {
+        if state.queues.len() != self.queues.len() {
+            return Err(ActivateError::BadState("another number of queues"));
+        }
+        for (i, (q, s)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            if s.0.max_size != q.max_size() {
+                return Err(ActivateError::BadState("another queue size"));
+            }
+            *q = Queue::try_from(s.0.clone()).map_err(|_| ActivateError::BadQueue(i))?;
+        }
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        let interrupt = self.interrupt.clone();
+        self.with_device(|d| d.restore(&state.device, interrupt))?;
+        if let Err(e) = self.interrupt.restore_status(state.interrupt_status) {
+            warn!("virtio-mmio: cannot raise a restored interrupt: {e}");
+        }
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
+        Ok(())
     }
 
     fn with_device<T>(&self, f: impl FnOnce(&mut dyn VirtioDevice) -> T) -> T {
@@ -352,6 +426,7 @@ mod tests {
         activated: Option<(u64, usize)>,
         resets: u32,
         config: [u8; 8],
+        restored: Option<String>,
     }
 
     impl VirtioDevice for Dummy {
@@ -382,6 +457,28 @@ mod tests {
         fn reset(&mut self) {
             self.activated = None;
             self.resets += 1;
+        }
+        fn state(&self) -> crate::virtio::VirtioDeviceState {
+            // Any kind will do for the transport's tests: the serial carries what was active.
+            crate::virtio::VirtioDeviceState::Block(crate::virtio::block::BlockState {
+                path: "/dummy".into(),
+                sectors: 1,
+                read_only: true,
+                serial: format!("{:?}", self.activated),
+                queue: None,
+                write_through: false,
+                broken: false,
+                warnings_left: 0,
+            })
+        }
+        fn restore(
+            &mut self,
+            state: &crate::virtio::VirtioDeviceState,
+            _interrupt: VirtioInterrupt,
+        ) -> Result<(), super::super::ActivateError> {
+            let crate::virtio::VirtioDeviceState::Block(s) = state;
+            self.restored = Some(s.serial.clone());
+            Ok(())
         }
     }
 
@@ -446,6 +543,50 @@ mod tests {
         assert_eq!(r(&mut t, DEVICE_FEATURES), 0);
         w(&mut t, QUEUE_SEL, 5);
         assert_eq!(r(&mut t, QUEUE_NUM_MAX), 0, "no such queue");
+    }
+
+    #[test]
+    fn a_restored_transport_continues_with_its_queues_interrupts_and_device() {
+        let (mut t, _, _) = setup();
+        negotiate(&mut t);
+        setup_queue(&mut t);
+        w(&mut t, STATUS, 15);
+        t.interrupt.trigger(crate::virtio::INT_VRING).expect("irq");
+        let st = t.state();
+        assert_eq!(st.status, 15);
+        assert_eq!(st.interrupt_status, crate::virtio::INT_VRING);
+        assert_eq!(st.queues[0].0.desc_table, 0x1000);
+        let json = serde_json::to_string(&st).expect("serialise");
+        let st2: MmioTransportState = serde_json::from_str(&json).expect("parse");
+        assert_eq!(st2, st);
+
+        let (mut fresh, dev, kick) = setup();
+        let irq = fresh.interrupt.irq.try_clone().expect("irq");
+        fresh.restore(&st2).expect("restore");
+        assert_eq!(
+            fresh.state(),
+            MmioTransportState {
+                device: fresh.state().device,
+                ..st.clone()
+            }
+        );
+        assert_eq!(r(&mut fresh, STATUS), 15);
+        assert_eq!(r(&mut fresh, INTERRUPT_STATUS), crate::virtio::INT_VRING);
+        assert!(irq.read().is_ok(), "the pending interrupt is raised again");
+        assert!(kick.read().is_ok(), "the queue is kicked");
+        assert_eq!(
+            dev.lock().expect("lock").restored.as_deref(),
+            Some("Some((4294967808, 1))"),
+            "the device got its own state"
+        );
+        // A state for a device with other queues is refused.
+        let mut bad = st.clone();
+        bad.queues.push(bad.queues[0].clone());
+        let (mut other, _, _) = setup();
+        assert!(other.restore(&bad).is_err());
+        let mut bad = st;
+        bad.queues[0].0.max_size = 256;
+        assert!(other.restore(&bad).is_err());
     }
 
     #[test]

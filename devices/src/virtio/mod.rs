@@ -53,10 +53,46 @@ impl VirtioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets `InterruptStatus` as saved and, if anything is pending, raises the line again
+    /// (a restored guest must not miss an interrupt it had not yet taken).
+    pub fn restore_status(&self, status: u32) -> std::io::Result<()> {
+        self.status.store(status, Ordering::SeqCst);
+        if status != 0 {
+            self.irq.write(1)?;
+        }
+        Ok(())
+    }
+
     /// Clears everything (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
+}
+
+/// virtio-queue's `QueueState`, mirrored for serde (it has none).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(remote = "virtio_queue::QueueState")]
+pub struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+/// A queue's state as plain data (serde through [`QueueStateDef`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot(#[serde(with = "QueueStateDef")] pub virtio_queue::QueueState);
+
+/// A virtio device's own state (what its transport does not hold) as plain data.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum VirtioDeviceState {
+    /// virtio-blk.
+    Block(block::BlockState),
 }
 
 /// Errors activating a device.
@@ -65,6 +101,9 @@ pub enum ActivateError {
     /// The driver did not set up the queues the device needs.
     #[error("Queue {0} is not ready or not valid")]
     BadQueue(usize),
+    /// A saved state does not fit this device.
+    #[error("The saved state does not fit this device: {0}")]
+    BadState(&'static str),
 }
 
 /// A virtio device behind a transport.
@@ -93,4 +132,14 @@ pub trait VirtioDevice: Send {
     fn needs_reset(&self) -> bool {
         false
     }
+    /// The device's own state, as plain data (for snapshots; the VM is paused).
+    fn state(&self) -> VirtioDeviceState;
+    /// Takes `state` back on a freshly made device of the same kind: an active device gets its
+    /// queues and `interrupt` again. Fails on a state of another kind or a queue that does
+    /// not hold.
+    fn restore(
+        &mut self,
+        state: &VirtioDeviceState,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError>;
 }

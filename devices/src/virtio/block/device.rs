@@ -32,6 +32,28 @@ struct Active {
 /// Data bytes one notification serves before the event loop gets back to other devices.
 const BATCH_BYTES: u64 = 8 << 20;
 
+/// A virtio-blk device's state as plain data: its disk's identity (checked on restore, the
+/// image itself is the user's) and, while the driver uses it, its request queue.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    /// The image's path.
+    pub path: std::path::PathBuf,
+    /// Its capacity in sectors when saved.
+    pub sectors: u64,
+    /// Whether the guest saw it read-only.
+    pub read_only: bool,
+    /// Its GET_ID serial.
+    pub serial: String,
+    /// The request queue while active.
+    pub queue: Option<crate::virtio::QueueSnapshot>,
+    /// Writes are synced before they complete (FLUSH not negotiated).
+    pub write_through: bool,
+    /// Stopped until the driver resets it.
+    pub broken: bool,
+    /// Guest-caused warnings left.
+    pub warnings_left: u32,
+}
+
 /// A virtio-blk device backed by a [`Disk`].
 pub struct VirtioBlock {
     disk: Disk,
@@ -269,6 +291,47 @@ impl VirtioDevice for VirtioBlock {
         self.broken = false;
         // The warning budget is the device's whole life's: a guest that breaks and resets the
         // device in a loop must not flood the host log.
+    }
+
+    fn state(&self) -> crate::virtio::VirtioDeviceState {
+        crate::virtio::VirtioDeviceState::Block(BlockState {
+            path: self.disk.path.clone(),
+            sectors: self.disk.sectors,
+            read_only: self.disk.read_only,
+            serial: self.disk.serial.clone(),
+            queue: self
+                .active
+                .as_ref()
+                .map(|a| crate::virtio::QueueSnapshot(a.queue.state())),
+            write_through: self.active.as_ref().is_some_and(|a| a.write_through),
+            broken: self.broken,
+            warnings_left: self.warnings_left,
+        })
+    }
+
+    fn restore(
+        &mut self,
+        state: &crate::virtio::VirtioDeviceState,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError> {
+        let crate::virtio::VirtioDeviceState::Block(s) = state;
+        if s.sectors != self.disk.sectors || s.read_only != self.disk.read_only {
+            return Err(ActivateError::BadState("the disk's size or mode changed"));
+        }
+        self.broken = s.broken;
+        self.warnings_left = s.warnings_left;
+        self.active = match &s.queue {
+            None => None,
+            Some(q) => {
+                let queue = Queue::try_from(q.0.clone()).map_err(|_| ActivateError::BadQueue(0))?;
+                Some(Active {
+                    queue,
+                    interrupt,
+                    write_through: s.write_through,
+                })
+            }
+        };
+        Ok(())
     }
 }
 

@@ -36,6 +36,8 @@ pub enum DiskError {
 pub struct Disk {
     /// The image.
     pub file: File,
+    /// Where it was opened.
+    pub path: PathBuf,
     /// Whether the guest may write it.
     pub read_only: bool,
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
@@ -81,6 +83,7 @@ impl Disk {
         }
         Ok(Self {
             file,
+            path: path.to_path_buf(),
             read_only,
             sectors,
             serial: serial.to_string(),

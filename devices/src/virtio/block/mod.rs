@@ -8,7 +8,7 @@ mod disk;
 mod handler;
 pub mod request;
 
-pub use device::VirtioBlock;
+pub use device::{BlockState, VirtioBlock};
 pub use disk::{Disk, DiskError};
 pub use handler::BlockHandler;
 
