@@ -154,7 +154,7 @@ impl MmioTransport {
             if s.0.max_size != q.max_size() {
                 return Err(ActivateError::BadState("another queue size"));
             }
-            *q = Queue::try_from(s.0.clone()).map_err(|_| ActivateError::BadQueue(i))?;
+            *q = Queue::try_from(s.0).map_err(|_| ActivateError::BadQueue(i))?;
         }
         self.device_features_sel = state.device_features_sel;
         self.driver_features_sel = state.driver_features_sel;

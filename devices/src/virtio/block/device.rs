@@ -323,7 +323,7 @@ impl VirtioDevice for VirtioBlock {
         self.active = match &s.queue {
             None => None,
             Some(q) => {
-                let queue = Queue::try_from(q.0.clone()).map_err(|_| ActivateError::BadQueue(0))?;
+                let queue = Queue::try_from(q.0).map_err(|_| ActivateError::BadQueue(0))?;
                 Some(Active {
                     queue,
                     interrupt,
