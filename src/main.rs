@@ -26,8 +26,27 @@ use vmm::{Console, ConsoleInput, ConsoleOutput, PvmMode, Vm, VmConfig};
 #[command(version, about, long_about = None, after_help = EXIT_HELP, args_override_self = true)]
 struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH entry when present) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
+    /// Boot the guest until it is ready (the console marker of --snapshot-on-marker), write a
+    /// snapshot of it into DIR and exit.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    snapshot: Option<PathBuf>,
+    /// With --snapshot: the console text that says the guest is ready.
+    #[arg(
+        long,
+        value_name = "STR",
+        default_value = "ember-init: ready",
+        requires = "snapshot"
+    )]
+    snapshot_on_marker: String,
+    /// Start from the snapshot in DIR instead of booting (no kernel, no boot options).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk"]
+    )]
+    restore: Option<PathBuf>,
     /// Initramfs (cpio, optionally compressed) for the guest.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -180,16 +199,24 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         .map(|d| vmm::DiskConfig::parse(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error_chain(&e))?;
+    if cli.restore.is_some() && !cli.command.is_empty() {
+        return Err("a command after -- with --restore is not supported yet".into());
+    }
+    let console_marker = if cli.snapshot.is_some() {
+        Some(cli.snapshot_on_marker.clone())
+    } else {
+        cli.boot_timer.then(|| cli.boot_timer_marker.clone())
+    };
     let config = VmConfig {
         disks,
         command: (!cli.command.is_empty()).then_some(cli.command),
-        console_marker: cli.boot_timer.then(|| cli.boot_timer_marker.clone()),
+        console_marker,
         seccomp: match cli.seccomp {
             OnOff::On => vmm::seccomp::SeccompMode::On,
             OnOff::Off => vmm::seccomp::SeccompMode::Off,
         },
         thp: cli.thp == OnOff::On,
-        kernel: cli.kernel,
+        kernel: cli.kernel.unwrap_or_default(),
         initrd: cli.initrd,
         cmdline: cli.cmdline,
         memory,
@@ -228,12 +255,21 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     } else {
         log::warn!("seccomp filters are off: use this for debugging only");
     }
-    let mut handle = Vm::start_with_console(config, console).map_err(|e| error_chain(&e))?;
+    let mut handle = match &cli.restore {
+        Some(dir) => Vm::restore(dir, console),
+        None => Vm::start_with_console(config, console),
+    }
+    .map_err(|e| error_chain(&e))?;
 
     terminal::spawn_signal_thread(signals, seccomp, stop_grace, handle.stopper(), |sig| {
         SIGNAL.store(sig, Ordering::SeqCst);
     })
     .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
+    if let Some(dir) = &cli.snapshot {
+        // This thread writes the snapshot, so it stays without the CLI's filter (the VM's
+        // threads have theirs).
+        return snapshot_when_ready(&mut handle, dir, &cli.snapshot_on_marker);
+    }
     if seccomp {
         // No thread is created after this point (clone would be refused).
         vmm::seccomp::apply(
@@ -258,6 +294,34 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         eprintln!("ember: {}", exit.reason);
     }
     Ok(exit.reason.exit_code() as u8)
+}
+
+/// Waits for the guest's ready marker, writes the snapshot, ends the VM.
+fn snapshot_when_ready(
+    handle: &mut vmm::VmHandle,
+    dir: &std::path::Path,
+    marker: &str,
+) -> Result<u8, String> {
+    while !handle.console_marker_seen() {
+        if let Some(exit) = handle.wait_timeout(std::time::Duration::from_millis(1)) {
+            return Err(format!(
+                "the guest ended ({}) before '{marker}' appeared on its console; no snapshot",
+                exit.reason
+            ));
+        }
+    }
+    // Paused from here to the end: the guest does nothing after the state the snapshot holds.
+    handle.pause().map_err(|e| error_chain(&e))?;
+    let info = handle.snapshot(dir).map_err(|e| error_chain(&e))?;
+    handle.kill();
+    eprintln!(
+        "ember: snapshot written to {} ({} MiB of memory data for {} MiB of RAM, {} KiB of state)",
+        dir.display(),
+        info.memory_bytes_written >> 20,
+        info.ram_bytes >> 20,
+        info.state_bytes >> 10
+    );
+    Ok(0)
 }
 
 fn parse_grace(s: &str) -> Result<f64, String> {

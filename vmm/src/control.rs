@@ -43,6 +43,10 @@ struct PauseState {
     requested: bool,
     vcpus_parked: usize,
     loop_parked: bool,
+    /// Bumped to ask every parked vCPU for its state.
+    save_generation: u64,
+    /// The answers, by vCPU index.
+    saved: Vec<Option<Result<crate::vcpu::VcpuState, String>>>,
 }
 
 /// Why a pause did not happen.
@@ -51,6 +55,9 @@ pub enum PauseError {
     /// The VM has ended or is ending.
     #[error("The VM has ended")]
     Ended,
+    /// A vCPU could not read its state.
+    #[error("Cannot read the state of a vCPU: {0}")]
+    VcpuState(String),
     /// Not every vCPU and the event loop parked within the time allowed (a vCPU stuck in a
     /// host call); the VM goes on running.
     #[error("The VM did not pause within {0:?}")]
@@ -202,11 +209,78 @@ impl VmControl {
         st.requested && st.vcpus_parked >= vcpus && st.loop_parked
     }
 
-    /// Called by a vCPU thread that saw [`Self::should_pause`]: parks until resumed or stopped.
-    pub fn park_vcpu(&self) {
-        self.park(|st, delta| {
-            st.vcpus_parked = st.vcpus_parked.wrapping_add_signed(delta);
-        });
+    /// Called by vCPU `id`'s thread when it saw [`Self::should_pause`]: parks until resumed or
+    /// stopped, answering requests for its state with `save` meanwhile.
+    pub fn park_vcpu(
+        &self,
+        id: u8,
+        mut save: impl FnMut() -> Result<crate::vcpu::VcpuState, String>,
+    ) {
+        let mut st = self.pause_state();
+        if !st.requested || self.should_stop() {
+            return;
+        }
+        st.vcpus_parked += 1;
+        self.pause_cond.notify_all();
+        let mut answered = st.save_generation;
+        while st.requested && !self.should_stop() {
+            if st.save_generation != answered {
+                answered = st.save_generation;
+                drop(st);
+                let state = save();
+                st = self.pause_state();
+                if let Some(slot) = st.saved.get_mut(usize::from(id)) {
+                    *slot = Some(state);
+                }
+                self.pause_cond.notify_all();
+                continue;
+            }
+            st = self.pause_cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.vcpus_parked -= 1;
+        self.pause_cond.notify_all();
+    }
+
+    /// Asks every parked vCPU of a paused VM for its state and returns them by index.
+    pub fn vcpu_states(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<crate::vcpu::VcpuState>, PauseError> {
+        let vcpus = self
+            .vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let deadline = Instant::now() + timeout;
+        let mut st = self.pause_state();
+        if !st.requested {
+            return Err(PauseError::Ended);
+        }
+        st.saved = (0..vcpus).map(|_| None).collect();
+        st.save_generation += 1;
+        self.pause_cond.notify_all();
+        while st.saved.iter().any(Option::is_none) {
+            if self.should_stop() {
+                return Err(PauseError::Ended);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PauseError::Timeout(timeout));
+            }
+            st = self
+                .pause_cond
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        std::mem::take(&mut st.saved)
+            .into_iter()
+            .map(|s| match s {
+                Some(Ok(state)) => Ok(state),
+                Some(Err(e)) => Err(PauseError::VcpuState(e)),
+                None => Err(PauseError::Ended),
+            })
+            .collect()
     }
 
     /// Called by the event loop when asked to pause: parks until resumed or stopped.
@@ -289,7 +363,7 @@ mod tests {
                     std::thread::yield_now();
                 }
                 if vcpu {
-                    c.park_vcpu();
+                    c.park_vcpu(0, || Err("no state in this test".into()));
                 } else {
                     c.park_event_loop();
                 }

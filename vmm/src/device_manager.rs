@@ -67,26 +67,62 @@ pub struct Devices {
     pub i8042: Arc<Mutex<I8042>>,
     /// The console's output side, to write out what is left when the VM ends.
     pub(crate) console_out: Arc<Mutex<ConsoleOutputHandler>>,
+    /// The devices whose state a snapshot saves.
+    pub(crate) stateful: StatefulDevices,
+}
+
+/// The devices a snapshot saves, shared with the buses.
+#[derive(Clone)]
+pub(crate) struct StatefulDevices {
+    pub ioapic: Arc<Mutex<Ioapic>>,
+    pub serial: Arc<Mutex<crate::console::VmSerial>>,
+    pub i8042: Arc<Mutex<I8042>>,
+    /// The virtio-mmio transports, in attachment order (disks first, in order).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// The console's pieces for the UART: the vCPU-side writer, the buffer it fills, where the
+/// output goes and where input comes from.
+pub(crate) struct ConsoleParts {
+    pub writer: ConsoleWriter,
+    pub buffer: Arc<devices::legacy::ConsoleBuffer>,
+    pub output: crate::console::ConsoleOutput,
+    pub input: Option<File>,
+}
+
+/// The legacy devices' saved states, for a restore.
+pub(crate) struct LegacyStates<'a> {
+    pub ioapic: &'a devices::legacy::IoapicState,
+    pub serial: &'a devices::legacy::serial::SerialDeviceState,
+    pub i8042: &'a devices::legacy::I8042State,
 }
 
 /// Creates the legacy devices: the I/O APIC, COM1, the i8042 reset line and the exit port.
 pub(crate) fn create_legacy_devices(
     vm: &KvmVm,
     exit_sink: SharedExitSink,
-    console_writer: ConsoleWriter,
-    console_buffer: Arc<devices::legacy::ConsoleBuffer>,
-    console_out: crate::console::ConsoleOutput,
-    console_in: Option<File>,
+    console: ConsoleParts,
     vcpus: u8,
+    restore: Option<LegacyStates<'_>>,
 ) -> Result<Devices, DeviceError> {
+    let ConsoleParts {
+        writer: console_writer,
+        buffer: console_buffer,
+        output: console_out,
+        input: console_in,
+    } = console;
     let mut buses = IoBuses::default();
     let mut subscribers: Vec<Subscriber> = Vec::new();
 
     // The I/O APIC takes the APIC ID after the vCPUs', as the MP table says.
-    let ioapic = Ioapic::new(vcpus, Box::new(GsiRouter::new(vm.fd.clone())?));
+    let router = Box::new(GsiRouter::new(vm.fd.clone())?);
+    let ioapic = Arc::new(Mutex::new(match &restore {
+        Some(r) => Ioapic::from_state(r.ioapic, router),
+        None => Ioapic::new(vcpus, router),
+    }));
     buses
         .mmio
-        .insert(Arc::new(Mutex::new(ioapic)), IOAPIC, IOAPIC_SIZE)
+        .insert(ioapic.clone(), IOAPIC, IOAPIC_SIZE)
         .map_err(|e| DeviceError::Bus("the I/O APIC", e))?;
 
     let com1_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
@@ -94,8 +130,11 @@ pub(crate) fn create_legacy_devices(
     vm.fd
         .register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(|e| DeviceError::Irqfd("COM1", e))?;
-    let (serial, drained) = Serial::new(EventFdTrigger::new(com1_irq), console_writer)
-        .map_err(|e| DeviceError::EventFd("COM1", e))?;
+    let (serial, drained) = match &restore {
+        Some(r) => Serial::from_state(r.serial, EventFdTrigger::new(com1_irq), console_writer),
+        None => Serial::new(EventFdTrigger::new(com1_irq), console_writer),
+    }
+    .map_err(|e| DeviceError::EventFd("COM1", e))?;
     let serial = Arc::new(Mutex::new(
         serial.with_output_buffer(console_buffer.clone()),
     ));
@@ -104,6 +143,7 @@ pub(crate) fn create_legacy_devices(
         console_buffer,
         serial.clone(),
     )));
+    let serial_for_state = serial.clone();
     subscribers.push(console_out.clone());
     buses
         .pio
@@ -119,10 +159,11 @@ pub(crate) fn create_legacy_devices(
     vm.fd
         .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
         .map_err(|e| DeviceError::Irqfd("i8042", e))?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        exit_sink.clone(),
-        Some(EventFdTrigger::new(kbd_irq)),
-    )));
+    let kbd_irq = Some(EventFdTrigger::new(kbd_irq));
+    let i8042 = Arc::new(Mutex::new(match &restore {
+        Some(r) => I8042::from_state(r.i8042, exit_sink.clone(), kbd_irq),
+        None => I8042::new(exit_sink.clone(), kbd_irq),
+    }));
     buses
         .pio
         .insert(i8042.clone(), u64::from(I8042_PORT), 5)
@@ -137,6 +178,12 @@ pub(crate) fn create_legacy_devices(
     Ok(Devices {
         buses,
         subscribers,
+        stateful: StatefulDevices {
+            ioapic,
+            serial: serial_for_state,
+            i8042: i8042.clone(),
+            transports: Vec::new(),
+        },
         i8042,
         console_out,
     })
@@ -235,11 +282,13 @@ pub(crate) fn attach_virtio_mmio(
         VirtioInterrupt::new(irq),
         kicks_for_bus,
     );
+    let transport = Arc::new(Mutex::new(transport));
     devices
         .buses
         .mmio
-        .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+        .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
         .map_err(|e| DeviceError::Bus(name, e))?;
+    devices.stateful.transports.push(transport);
     devices.subscribers.push((dev.handler)(kicks));
     Ok(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
 }

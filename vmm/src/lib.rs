@@ -23,6 +23,7 @@ pub mod kvm_vm;
 pub mod memory;
 pub mod pvm;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 
@@ -72,6 +73,18 @@ pub enum Error {
     /// Spawning a thread failed.
     #[error("Cannot start a VM thread")]
     Thread(#[source] std::io::Error),
+    /// Writing or reading a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    /// The VM could not be paused.
+    #[error(transparent)]
+    Pause(#[from] control::PauseError),
+    /// The VM's clock could not be read or set.
+    #[error("Cannot {0} the VM's clock")]
+    Clock(&'static str, #[source] kvm_ioctls::Error),
+    /// A snapshot's devices do not fit the configuration it was taken with.
+    #[error("Snapshot does not fit its configuration: {0}")]
+    SnapshotMismatch(String),
 }
 
 /// The README's Rust examples, compiled as doc tests.

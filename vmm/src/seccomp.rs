@@ -112,6 +112,33 @@ pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
 mod tests {
     use super::*;
 
+    /// The ioctl numbers in the JSON, against the kernel's encoding of the structures the
+    /// kvm-bindings crate defines (a wrong number would refuse a snapshot, not fail a build).
+    #[test]
+    fn the_snapshot_ioctl_numbers_match_their_structures() {
+        use kvm_bindings::*;
+        let ior = |nr: u32, size: usize| (2u32 << 30) | ((size as u32) << 16) | (0xae << 8) | nr;
+        let iowr = |nr: u32, size: usize| (3u32 << 30) | ((size as u32) << 16) | (0xae << 8) | nr;
+        let want = [
+            ior(0x98, std::mem::size_of::<kvm_mp_state>()),
+            ior(0x83, std::mem::size_of::<kvm_sregs>()),
+            ior(0xa4, std::mem::size_of::<kvm_xsave>()),
+            ior(0xa6, std::mem::size_of::<kvm_xcrs>()),
+            ior(0xa1, std::mem::size_of::<kvm_debugregs>()),
+            ior(0x8e, std::mem::size_of::<kvm_lapic_state>()),
+            iowr(0x88, std::mem::size_of::<kvm_msrs>()),
+            ior(0x9f, std::mem::size_of::<kvm_vcpu_events>()),
+            iowr(0x91, std::mem::size_of::<kvm_cpuid2>()),
+            ior(0x81, std::mem::size_of::<kvm_regs>()),
+        ];
+        for w in want {
+            assert!(
+                FILTERS.contains(&format!("\"val\": {w},")),
+                "ioctl {w:#x} missing"
+            );
+        }
+    }
+
     #[test]
     fn every_filter_compiles() {
         for k in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Main] {

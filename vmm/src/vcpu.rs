@@ -80,10 +80,65 @@ pub struct VcpuBootConfig {
     pub pvm_compat: bool,
 }
 
+/// A vCPU's state as KVM holds it, as plain data (for snapshots).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct VcpuState {
+    /// vCPU index.
+    pub id: u8,
+    /// CPUID as set.
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// Multiprocessing state (running, halted, waiting for a start-up IPI).
+    pub mp_state: kvm_bindings::kvm_mp_state,
+    /// General registers.
+    pub regs: kvm_bindings::kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_bindings::kvm_sregs,
+    /// FPU, SSE and AVX state.
+    pub xsave: kvm_bindings::kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_bindings::kvm_xcrs,
+    /// Debug registers.
+    pub debugregs: kvm_bindings::kvm_debugregs,
+    /// The local APIC.
+    pub lapic: kvm_bindings::kvm_lapic_state,
+    /// MSRs (those of KVM's list this host lets a VMM read).
+    pub msrs: Vec<kvm_bindings::kvm_msr_entry>,
+    /// Pending exceptions, interrupts and NMIs.
+    pub events: kvm_bindings::kvm_vcpu_events,
+}
+
+static SNAPSHOT_MSRS: OnceLock<Vec<u32>> = OnceLock::new();
+
+/// The MSRs a snapshot saves: KVM's list (`KVM_GET_MSR_INDEX_LIST`), less those this host
+/// refuses to read, found once per process on a vCPU before any guest runs (the vCPU
+/// threads' filters have no system ioctls).
+pub fn snapshot_msrs(vm: &KvmVm, vcpu: &Vcpu) -> &'static [u32] {
+    let vcpu = &vcpu.fd;
+    SNAPSHOT_MSRS.get_or_init(|| {
+        let Ok(all) = vm.kvm.get_msr_index_list() else {
+            return Vec::new();
+        };
+        all.as_slice()
+            .iter()
+            .copied()
+            .filter(|&index| {
+                Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                }])
+                .ok()
+                .is_some_and(|mut m| vcpu.get_msrs(&mut m).is_ok_and(|n| n == 1))
+            })
+            .collect()
+    })
+}
+
 /// One vCPU, owned by its thread once running.
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    /// The CPUID set (what the guest sees; kvm-pvm's `KVM_GET_CPUID2` answers otherwise).
+    cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 /// The host's supported CPUID, asked of KVM once per process (about 0.35 ms per call on the
@@ -128,6 +183,7 @@ impl Vcpu {
             }
         }
         fd.set_cpuid2(&cpuid).map_err(cfg("CPUID"))?;
+        let cpuid_set = cpuid.as_slice().to_vec();
 
         let msrs = Msrs::from_entries(&arch::x86_64::msrs::boot_msr_entries())
             .map_err(|_| VcpuError::Msrs)?;
@@ -152,7 +208,101 @@ impl Vcpu {
         let mut lapic = fd.get_lapic().map_err(cfg("LAPIC"))?;
         set_lint(&mut lapic);
         fd.set_lapic(&lapic).map_err(cfg("LAPIC"))?;
-        Ok(Self { id, fd })
+        Ok(Self {
+            id,
+            fd,
+            cpuid: cpuid_set,
+        })
+    }
+
+    /// Creates vCPU `id` for a restore: no boot state, [`Self::restore_state`] sets it all.
+    pub fn new_bare(vm: &KvmVm, id: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        Ok(Self {
+            id,
+            fd,
+            cpuid: Vec::new(),
+        })
+    }
+
+    /// Reads this vCPU's state (the VM is paused: called on the vCPU's own thread while it
+    /// is parked, or before it ever ran). `msrs`: [`snapshot_msrs`].
+    pub fn save_state(&self, msrs: &[u32]) -> Result<VcpuState, VcpuError> {
+        let id = self.id;
+        let cfg = |what| move |source| VcpuError::Configure { id, what, source };
+        let mut list = Msrs::from_entries(
+            &msrs
+                .iter()
+                .map(|&index| kvm_bindings::kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|_| VcpuError::Msrs)?;
+        let read = self.fd.get_msrs(&mut list).map_err(cfg("MSRs"))?;
+        if read != msrs.len() {
+            return Err(VcpuError::Msrs);
+        }
+        Ok(VcpuState {
+            id,
+            cpuid: self.cpuid.clone(),
+            mp_state: self.fd.get_mp_state().map_err(cfg("MP state"))?,
+            regs: self.fd.get_regs().map_err(cfg("registers"))?,
+            sregs: self.fd.get_sregs().map_err(cfg("special registers"))?,
+            xsave: self.fd.get_xsave().map_err(cfg("XSAVE"))?,
+            xcrs: self.fd.get_xcrs().map_err(cfg("XCRs"))?,
+            debugregs: self.fd.get_debug_regs().map_err(cfg("debug registers"))?,
+            lapic: self.fd.get_lapic().map_err(cfg("LAPIC"))?,
+            msrs: list.as_slice().to_vec(),
+            events: self.fd.get_vcpu_events().map_err(cfg("vCPU events"))?,
+        })
+    }
+
+    /// Sets a saved state, in the order KVM needs: CPUID first (it decides which registers and
+    /// MSRs exist), registers, then the LAPIC before the MSRs (the TSC deadline needs the
+    /// LAPIC's timer mode), pending events last.
+    pub fn restore_state(&mut self, st: &VcpuState) -> Result<(), VcpuError> {
+        let id = self.id;
+        let cfg = |what| move |source| VcpuError::Configure { id, what, source };
+        let cpuid = CpuId::from_entries(&st.cpuid).map_err(|_| VcpuError::Msrs)?;
+        self.fd.set_cpuid2(&cpuid).map_err(cfg("CPUID"))?;
+        self.cpuid = st.cpuid.clone();
+        self.fd.set_mp_state(st.mp_state).map_err(cfg("MP state"))?;
+        self.fd.set_regs(&st.regs).map_err(cfg("registers"))?;
+        self.fd
+            .set_sregs(&st.sregs)
+            .map_err(cfg("special registers"))?;
+        // SAFETY: the area comes from KVM_GET_XSAVE of a vCPU with the same CPUID (checked
+        // against this host before a restore); KVM validates what it loads.
+        unsafe { self.fd.set_xsave(&st.xsave) }.map_err(cfg("XSAVE"))?;
+        self.fd.set_xcrs(&st.xcrs).map_err(cfg("XCRs"))?;
+        self.fd
+            .set_debug_regs(&st.debugregs)
+            .map_err(cfg("debug registers"))?;
+        self.fd.set_lapic(&st.lapic).map_err(cfg("LAPIC"))?;
+        // KVM stops at the first MSR it refuses (this host ignores the TSC, see the notes):
+        // note it and go on with the rest.
+        let mut rest = &st.msrs[..];
+        while !rest.is_empty() {
+            let msrs = Msrs::from_entries(rest).map_err(|_| VcpuError::Msrs)?;
+            let written = self.fd.set_msrs(&msrs).map_err(cfg("MSRs"))?;
+            if written >= rest.len() {
+                break;
+            }
+            debug!(
+                "vcpu{id}: MSR {:#x} refused on restore",
+                rest[written].index
+            );
+            rest = &rest[written + 1..];
+        }
+        self.fd
+            .set_vcpu_events(&st.events)
+            .map_err(cfg("vCPU events"))?;
+        Ok(())
     }
 
     /// Gives up the configured vCPU file descriptor, for tools that drive `KVM_RUN`
@@ -297,7 +447,16 @@ impl Vcpu {
         if let Err(e) = self.fd.kvmclock_ctrl() {
             trace!("vcpu{}: KVM_KVMCLOCK_CTRL: {e}", self.id);
         }
-        control.park_vcpu();
+        let msrs = SNAPSHOT_MSRS.get().map_or(&[][..], Vec::as_slice);
+        control.park_vcpu(self.id, || {
+            self.save_state(msrs).map_err(|e| {
+                let mut s = e.to_string();
+                if let Some(src) = std::error::Error::source(&e) {
+                    s.push_str(&format!(": {src}"));
+                }
+                s
+            })
+        });
         None
     }
 

@@ -21,6 +21,7 @@ use crate::exit::ExitReason;
 use crate::kvm_vm::KvmVm;
 use crate::memory::{create_guest_memory, use_transparent_huge_pages, GuestMemoryMmap};
 use crate::seccomp::SeccompMode;
+use crate::snapshot::SnapshotInfo;
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuBootConfig};
 use crate::Error;
 
@@ -149,6 +150,88 @@ impl Vm {
         Self::start_with_console(config, Console::default())
     }
 
+    /// Restores the VM saved in `dir` by [`VmHandle::snapshot`] with `console`: no kernel is
+    /// loaded and no boot structure written; guest memory is the snapshot's memory file mapped
+    /// copy-on-write (read lazily, shared with other VMs restored from it until written); the
+    /// devices are made anew with fresh eventfds, irqfds, ioeventfds and routes and given their
+    /// saved state, queues kicked and pending interrupts raised again; the vCPUs continue where
+    /// they were. Every check (format, checksum, CPU vendor and features, memory file, disks)
+    /// is made before anything runs.
+    pub fn restore(dir: impl AsRef<std::path::Path>, console: Console) -> Result<VmHandle, Error> {
+        let dir = dir.as_ref();
+        let start = Instant::now();
+        let snap = crate::snapshot::read(dir)?;
+        let config: VmConfig = serde_json::from_str(&snap.config_json)
+            .map_err(|e| crate::snapshot::SnapshotError::Decode(e.to_string()))?;
+        if snap.vcpus.len() != usize::from(config.vcpus) || snap.vcpus.is_empty() {
+            return Err(Error::SnapshotMismatch("the number of vCPUs".into()));
+        }
+        if snap.transports.len() != config.disks.len() {
+            return Err(Error::SnapshotMismatch("the number of disks".into()));
+        }
+        let config_validated = Instant::now();
+        install_kick_handler().map_err(|e| Error::Signal(e.errno()))?;
+        let mem = crate::snapshot::map_memory(dir, &snap)?;
+        let vm = KvmVm::new(&mem)?;
+        let mut model = vm
+            .kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| Error::Vm(crate::kvm_vm::VmError::CreateVm(e)))?;
+        arch::x86_64::cpuid::filter_cpuid(
+            model.as_mut_slice(),
+            arch::x86_64::cpuid::CpuidParams {
+                vcpu_id: 0,
+                vcpu_count: config.vcpus,
+                pvm_compat: crate::pvm::use_compat(config.pvm),
+            },
+        );
+        crate::snapshot::check_host(&snap, model.as_slice())?;
+        let memory_ready = Instant::now();
+        let mut clock = snap.clock;
+        // KVM_SET_CLOCK takes no flags but KVM_CLOCK_REALTIME, which is not used here.
+        clock.flags = 0;
+        vm.fd
+            .set_clock(&clock)
+            .map_err(|e| Error::Clock("set", e))?;
+        let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
+        let legacy = crate::device_manager::LegacyStates {
+            ioapic: &snap.ioapic,
+            serial: &snap.serial,
+            i8042: &snap.i8042,
+        };
+        let (devices, console_in_writer, _) =
+            build_devices(&config, &vm, &mem, &control, console, Some(legacy))?;
+        for (t, st) in devices.stateful.transports.iter().zip(&snap.transports) {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore(st)
+                .map_err(|e| Error::SnapshotMismatch(format!("a disk: {e}")))?;
+        }
+        let vcpus = snap
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(id, st)| {
+                let mut v = Vcpu::new_bare(&vm, id as u8)?;
+                v.restore_state(st)?;
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let restored = Instant::now();
+        launch(
+            Parts {
+                config,
+                control,
+                vm,
+                mem,
+                devices,
+                vcpus,
+                console_in_writer,
+            },
+            (start, config_validated, memory_ready, restored),
+        )
+    }
+
     /// Starts a VM whose console is `console`. Every error in the configuration, the images
     /// or the host comes back here, before any guest code runs.
     pub fn start_with_console(config: VmConfig, console: Console) -> Result<VmHandle, Error> {
@@ -164,88 +247,22 @@ impl Vm {
         let kernel_loaded = Instant::now();
         let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
         let (devices, console_in_writer, device_cmdline) =
-            build_devices(&config, &vm, &mem, &control, console)?;
+            build_devices(&config, &vm, &mem, &control, console, None)?;
         let cmdline = compose_cmdline(&config, &device_cmdline, pvm_compat);
         write_boot_structures(&mem, config.memory, config.vcpus, &kernel, &cmdline, initrd)?;
         let vcpus = build_vcpus(&config, &vm, &kernel, pvm_compat)?;
-        let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
-        let i8042 = devices.i8042;
-        let seccomp = config.seccomp;
-        if seccomp.filters() {
-            // Compile now so that a broken filter fails the start, not a thread.
-            crate::seccomp::program(crate::seccomp::ThreadKind::Vcpu, seccomp)?;
-            crate::seccomp::program(crate::seccomp::ThreadKind::Vmm, seccomp)?;
-        }
-        // From here on `running` owns every part: any early return drops it, which stops and
-        // joins the vCPU threads started so far before memory goes.
-        let mut running = RunningVm {
-            control: control.clone(),
-            vcpu_threads: Vec::with_capacity(vcpus.len()),
-            console_out: devices.console_out,
-            em,
-            buses: Arc::new(devices.buses),
-            _vm: vm,
-            _mem: mem,
-        };
-        for vcpu in vcpus {
-            let (b, c) = (running.buses.clone(), control.clone());
-            let name = format!("ember-vcpu{}", vcpu.id());
-            let t = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || run_vcpu(vcpu, &b, &c, seccomp))
-                .map_err(Error::Thread)?;
-            running.vcpu_threads.push(t);
-        }
-        control.set_vcpu_threads(
-            running
-                .vcpu_threads
-                .iter()
-                .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
-                .collect(),
-        );
-
-        let done = Arc::new(Done {
-            result: Mutex::new(None),
-            cond: Condvar::new(),
-        });
-        let (ctl, dn) = (control.clone(), done.clone());
-        let boot_times = (start, config_validated, memory_ready, kernel_loaded);
-        // If the thread cannot start, the closure and `running` in it are dropped: the vCPUs
-        // are stopped and joined before this returns.
-        let vmm_thread = std::thread::Builder::new()
-            .name("ember-vmm".into())
-            .spawn(move || {
-                // Reports the end even if this thread panics: `wait()` never hangs.
-                let reporter = EndReporter {
-                    control: ctl.clone(),
-                    done: dn,
-                    times: boot_times,
-                };
-                let mut running = running;
-                if seccomp.filters() {
-                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm, seccomp)
-                    {
-                        ctl.request_exit(ExitReason::HostError(format!("event loop: {e}")));
-                    }
-                }
-                let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_until_stop(&mut running.em, &ctl)
-                }));
-                if looped.is_err() {
-                    ctl.request_exit(ExitReason::HostError("the event loop panicked".into()));
-                }
-                // vCPUs stopped and joined, then devices, the VM and its memory released.
-                drop(running);
-                drop(reporter);
-            })
-            .map_err(Error::Thread)?;
-        Ok(VmHandle {
-            control,
-            done,
-            thread: Some(vmm_thread),
-            console_input: console_in_writer,
-            i8042,
-        })
+        launch(
+            Parts {
+                config,
+                control,
+                vm,
+                mem,
+                devices,
+                vcpus,
+                console_in_writer,
+            },
+            (start, config_validated, memory_ready, kernel_loaded),
+        )
     }
 }
 
@@ -293,6 +310,7 @@ fn build_devices(
     mem: &GuestMemoryMmap,
     control: &Arc<VmControl>,
     console: Console,
+    restore: Option<crate::device_manager::LegacyStates<'_>>,
 ) -> Result<(crate::device_manager::Devices, Option<File>, Vec<String>), Error> {
     let (console_in, console_in_writer) = match console.input {
         ConsoleInput::None => (None, None),
@@ -309,12 +327,15 @@ fn build_devices(
     let mut devices = create_legacy_devices(
         vm,
         control.clone(),
-        ConsoleWriter::new(console_buffer.clone())
-            .with_timing(control.clone(), config.console_marker.as_deref()),
-        console_buffer,
-        console.output,
-        console_in,
+        crate::device_manager::ConsoleParts {
+            writer: ConsoleWriter::new(console_buffer.clone())
+                .with_timing(control.clone(), config.console_marker.as_deref()),
+            buffer: console_buffer,
+            output: console.output,
+            input: console_in,
+        },
         config.vcpus,
+        restore,
     )?;
     create_boot_timer(control, &mut devices)?;
     let mut mmio_alloc = crate::device_manager::MmioAllocator::new();
@@ -340,6 +361,118 @@ fn build_vcpus(
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The parts of a VM ready to run, from a boot or a restore.
+struct Parts {
+    config: VmConfig,
+    control: Arc<VmControl>,
+    vm: KvmVm,
+    mem: GuestMemoryMmap,
+    devices: crate::device_manager::Devices,
+    vcpus: Vec<Vcpu>,
+    console_in_writer: Option<File>,
+}
+
+/// Step 5: the threads. From here on one owner holds everything.
+fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<VmHandle, Error> {
+    let Parts {
+        config,
+        control,
+        vm,
+        mem,
+        devices,
+        vcpus,
+        console_in_writer,
+    } = parts;
+    if let Some(first) = vcpus.first() {
+        // Before any seccomp filter: finding the MSR list takes system ioctls.
+        crate::vcpu::snapshot_msrs(&vm, first);
+    }
+    let snapshot_sources = SnapshotSources {
+        vm_fd: vm.fd.clone(),
+        mem: mem.clone(),
+        config: config.clone(),
+        devices: devices.stateful.clone(),
+    };
+    let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
+    let i8042 = devices.i8042;
+    let seccomp = config.seccomp;
+    if seccomp.filters() {
+        // Compile now so that a broken filter fails the start, not a thread.
+        crate::seccomp::program(crate::seccomp::ThreadKind::Vcpu, seccomp)?;
+        crate::seccomp::program(crate::seccomp::ThreadKind::Vmm, seccomp)?;
+    }
+    // From here on `running` owns every part: any early return drops it, which stops and
+    // joins the vCPU threads started so far before memory goes.
+    let mut running = RunningVm {
+        control: control.clone(),
+        vcpu_threads: Vec::with_capacity(vcpus.len()),
+        console_out: devices.console_out,
+        em,
+        buses: Arc::new(devices.buses),
+        _vm: vm,
+        _mem: mem,
+    };
+    for vcpu in vcpus {
+        let (b, c) = (running.buses.clone(), control.clone());
+        let name = format!("ember-vcpu{}", vcpu.id());
+        let t = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run_vcpu(vcpu, &b, &c, seccomp))
+            .map_err(Error::Thread)?;
+        running.vcpu_threads.push(t);
+    }
+    control.set_vcpu_threads(
+        running
+            .vcpu_threads
+            .iter()
+            .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+            .collect(),
+    );
+
+    let done = Arc::new(Done {
+        result: Mutex::new(None),
+        cond: Condvar::new(),
+    });
+    let (ctl, dn) = (control.clone(), done.clone());
+    let boot_times = times;
+    // If the thread cannot start, the closure and `running` in it are dropped: the vCPUs
+    // are stopped and joined before this returns.
+    let vmm_thread = std::thread::Builder::new()
+        .name("ember-vmm".into())
+        .spawn(move || {
+            // Reports the end even if this thread panics: `wait()` never hangs.
+            let reporter = EndReporter {
+                control: ctl.clone(),
+                done: dn,
+                times: boot_times,
+            };
+            let mut running = running;
+            if seccomp.filters() {
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm, seccomp) {
+                    ctl.request_exit(ExitReason::HostError(format!("event loop: {e}")));
+                }
+            }
+            let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_until_stop(&mut running.em, &ctl)
+            }));
+            if looped.is_err() {
+                ctl.request_exit(ExitReason::HostError("the event loop panicked".into()));
+            }
+            // vCPUs stopped and joined, then devices, the VM and its memory released.
+            drop(running);
+            drop(reporter);
+        })
+        .map_err(Error::Thread)?;
+    Ok(VmHandle {
+        control,
+        done,
+        thread: Some(vmm_thread),
+        console_input: console_in_writer,
+        i8042,
+        snapshot_sources,
+    })
+}
+
 /// A running (or ended) VM. Dropping it kills the VM and releases everything it holds.
 pub struct VmHandle {
     control: Arc<VmControl>,
@@ -347,6 +480,15 @@ pub struct VmHandle {
     thread: Option<JoinHandle<()>>,
     console_input: Option<File>,
     i8042: Arc<Mutex<devices::legacy::I8042>>,
+    snapshot_sources: SnapshotSources,
+}
+
+/// What a snapshot reads besides the vCPUs: the VM's clock, memory, configuration, devices.
+struct SnapshotSources {
+    vm_fd: Arc<kvm_ioctls::VmFd>,
+    mem: GuestMemoryMmap,
+    config: VmConfig,
+    devices: crate::device_manager::StatefulDevices,
 }
 
 impl std::fmt::Debug for VmHandle {
@@ -430,9 +572,53 @@ impl VmHandle {
         self.control.resume();
     }
 
+    /// Whether the console marker of the configuration (`VmConfig::console_marker`) has
+    /// appeared on the guest's console.
+    pub fn console_marker_seen(&self) -> bool {
+        self.control.marker.get().is_some()
+    }
+
     /// Whether the VM is paused.
     pub fn is_paused(&self) -> bool {
         self.control.is_paused()
+    }
+
+    /// Writes a snapshot of the VM into `dir` (see [`crate::snapshot`]): pauses it if it runs,
+    /// saves every vCPU, the clock, the devices and guest memory, and lets it run on. The VM
+    /// can then be restored from `dir`, as often as wanted, by [`Vm::restore`].
+    pub fn snapshot(&self, dir: impl AsRef<std::path::Path>) -> Result<SnapshotInfo, Error> {
+        let was_paused = self.is_paused();
+        if !was_paused {
+            self.pause()?;
+        }
+        let r = self.write_snapshot(dir.as_ref());
+        if !was_paused {
+            self.resume();
+        }
+        r
+    }
+
+    fn write_snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, Error> {
+        let vcpus = self.control.vcpu_states(Duration::from_secs(10))?;
+        let src = &self.snapshot_sources;
+        let clock = src.vm_fd.get_clock().map_err(|e| Error::Clock("read", e))?;
+        let d = &src.devices;
+        fn locked<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        let mut snap = crate::snapshot::Snapshot {
+            config_json: serde_json::to_string(&src.config)
+                .map_err(|e| crate::snapshot::SnapshotError::Encode(e.to_string()))?,
+            cpu_vendor: crate::snapshot::host_cpu_vendor(),
+            clock,
+            vcpus,
+            ioapic: locked(&d.ioapic).state(),
+            serial: locked(&d.serial).state(),
+            i8042: locked(&d.i8042).state(),
+            transports: d.transports.iter().map(|t| locked(t).state()).collect(),
+            memory: Vec::new(),
+        };
+        Ok(crate::snapshot::write(dir, &mut snap, &src.mem)?)
     }
 
     /// Stops the VM at once (its vCPUs are kicked out of the guest) and waits for the end.

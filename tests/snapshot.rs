@@ -1,0 +1,250 @@
+//! Snapshot and restore with tiny guests: a guest snapshotted in the middle of its work goes
+//! on from exactly there when restored, as often as it is restored (rollback) and in several
+//! VMs at once (clones); a snapshot that is missing, damaged or does not fit is refused with a
+//! message before anything runs.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{blk_guest, require_kvm, sparse_file, tiny_guest};
+use vmm::{Capture, Console, ConsoleInput, ConsoleOutput, ExitReason, Vm, VmConfig, VmHandle};
+
+const T: Duration = Duration::from_secs(120);
+
+fn captured() -> (Console, Capture) {
+    let out = Capture::new(8 << 20);
+    (
+        Console {
+            output: ConsoleOutput::Capture(out.clone()),
+            input: ConsoleInput::None,
+        },
+        out,
+    )
+}
+
+fn snap_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("snap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn end(mut vm: VmHandle) -> ExitReason {
+    vm.wait_timeout(T).expect("the VM ends").reason
+}
+
+#[test]
+fn a_restored_guest_and_its_clones_continue_exactly_where_the_snapshot_was() {
+    if !require_kvm() {
+        return;
+    }
+    const N: usize = 1500;
+    let config = VmConfig::builder(tiny_guest())
+        .cmdline(format!("action=pattern:{N}"))
+        .memory_mib(64)
+        .vcpus(2)
+        .build()
+        .expect("config");
+    let (console, out) = captured();
+    let vm = Vm::start_with_console(config, console).expect("start");
+    wait_until("output", || out.text().lines().count() > 30);
+    let dir = snap_dir("pattern");
+    vm.pause().expect("pause");
+    // What the guest had written before the snapshot, at least (more may sit in the console
+    // buffer).
+    let before = out.contents().len();
+    let info = vm.snapshot(&dir).expect("snapshot");
+    vm.resume();
+    assert!(
+        info.memory_bytes_written < info.ram_bytes / 4,
+        "{info:?}: not sparse"
+    );
+    assert_eq!(end(vm), ExitReason::Status(0));
+    let whole = out.contents();
+    assert!(
+        std::str::from_utf8(&whole).expect("text").lines().count() == N,
+        "the original VM printed every line"
+    );
+
+    // One restore, then eight clones at once: each prints the same continuation.
+    let mut rests = Vec::new();
+    for round in 0..2 {
+        let n = if round == 0 { 1 } else { 8 };
+        let vms: Vec<_> = (0..n)
+            .map(|_| {
+                let (console, out) = captured();
+                (Vm::restore(&dir, console).expect("restore"), out)
+            })
+            .collect();
+        for (vm, out) in vms {
+            assert_eq!(end(vm), ExitReason::Status(0));
+            rests.push(out.contents());
+        }
+    }
+    let rest = &rests[0];
+    assert!(!rest.is_empty() && rest.len() < whole.len() - before + 4096);
+    assert!(
+        whole.ends_with(rest),
+        "the restored output is not the original's continuation"
+    );
+    assert!(whole.len() - rest.len() >= before, "output repeated");
+    for (i, r) in rests.iter().enumerate() {
+        assert_eq!(r, rest, "restore {i} differs");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn disk_requests_continue_across_a_snapshot_with_none_lost_or_doubled() {
+    if !require_kvm() {
+        return;
+    }
+    const COUNT: usize = 300;
+    let disk = sparse_file("snap-flush.img", 4 << 20);
+    let config = VmConfig::builder(blk_guest())
+        .cmdline(format!("action=flushloop count={COUNT}"))
+        .memory_mib(64)
+        .disk(&disk, false)
+        .build()
+        .expect("config");
+    let (console, out) = captured();
+    let vm = Vm::start_with_console(config, console).expect("start");
+    wait_until("the first flushes", || out.text().contains("flushed 20\n"));
+    let dir = snap_dir("flush");
+    vm.pause().expect("pause");
+    vm.snapshot(&dir).expect("snapshot");
+    let at = out.text();
+    // The original is killed: its disk lock goes, and the restored VM takes over the disk.
+    let mut vm = vm;
+    vm.kill();
+    drop(vm);
+    let (console, rest) = captured();
+    let restored = Vm::restore(&dir, console).expect("restore");
+    assert_eq!(end(restored), ExitReason::Status(0), "{}", rest.text());
+    let text = at + &rest.text();
+    let flushed: Vec<&str> = text.lines().filter(|l| l.starts_with("flushed ")).collect();
+    let want: Vec<String> = (0..COUNT).map(|i| format!("flushed {i}")).collect();
+    assert_eq!(flushed, want, "every request completes once, in order");
+    let data = std::fs::read(&disk).expect("image");
+    for i in 0..COUNT {
+        assert_eq!(
+            &data[i * 4096..(i + 1) * 4096],
+            &common::blk_pattern(i as u32 + 1, 4096)[..],
+            "block {i}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(disk);
+}
+
+#[test]
+fn damaged_or_unfitting_snapshots_are_refused_before_anything_runs() {
+    if !require_kvm() {
+        return;
+    }
+    let disk = sparse_file("snap-bad.img", 1 << 20);
+    let config = VmConfig::builder(tiny_guest())
+        .cmdline("action=loop")
+        .memory_mib(32)
+        .disk(&disk, true)
+        .build()
+        .expect("config");
+    let vm = Vm::start_with_console(config, captured().0).expect("start");
+    wait_until("the guest to run", || {
+        vm.snapshot(snap_dir("probe")).is_ok()
+    });
+    let good = snap_dir("good");
+    vm.snapshot(&good).expect("snapshot");
+    drop(vm);
+    let restore_err = |dir: &std::path::Path| -> String {
+        match Vm::restore(dir, captured().0) {
+            Ok(_) => panic!("a bad snapshot was restored"),
+            Err(e) => {
+                let mut s = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(c) = src {
+                    s.push_str(&format!(": {c}"));
+                    src = c.source();
+                }
+                s
+            }
+        }
+    };
+    let copy = |name: &str| {
+        let d = snap_dir(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        for f in ["state", "memory", "description.json"] {
+            std::fs::copy(good.join(f), d.join(f)).expect("copy");
+        }
+        d
+    };
+    let state = std::fs::read(good.join("state")).expect("state");
+
+    let d = snap_dir("missing");
+    assert!(
+        restore_err(&d).contains("No such file"),
+        "{}",
+        restore_err(&d)
+    );
+    let d = copy("truncated");
+    std::fs::write(d.join("state"), &state[..state.len() / 2]).expect("write");
+    assert!(restore_err(&d).contains("truncated"), "{}", restore_err(&d));
+    let d = copy("checksum");
+    let mut bad = state.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    std::fs::write(d.join("state"), &bad).expect("write");
+    assert!(restore_err(&d).contains("checksum"), "{}", restore_err(&d));
+    let d = copy("version");
+    let mut bad = state.clone();
+    bad[8] = 77;
+    std::fs::write(d.join("state"), &bad).expect("write");
+    assert!(
+        restore_err(&d).contains("version 77"),
+        "{}",
+        restore_err(&d)
+    );
+    let d = copy("nomemory");
+    std::fs::remove_file(d.join("memory")).expect("rm");
+    assert!(restore_err(&d).contains("memory"), "{}", restore_err(&d));
+    let d = copy("shortmemory");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("memory"))
+        .and_then(|f| f.set_len(4096))
+        .expect("truncate");
+    assert!(restore_err(&d).contains("bytes"), "{}", restore_err(&d));
+    let d = copy("disk");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .and_then(|f| f.set_len(2 << 20))
+        .expect("grow");
+    assert!(restore_err(&d).contains("size"), "{}", restore_err(&d));
+    // Nothing of the snapshot changed on disk.
+    assert_eq!(std::fs::read(good.join("state")).expect("state"), state);
+    for name in [
+        "good",
+        "probe",
+        "missing",
+        "truncated",
+        "checksum",
+        "version",
+        "nomemory",
+        "shortmemory",
+        "disk",
+    ] {
+        let _ = std::fs::remove_dir_all(snap_dir(name));
+    }
+    let _ = std::fs::remove_file(disk);
+}
