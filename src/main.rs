@@ -199,17 +199,21 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         .map(|d| vmm::DiskConfig::parse(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error_chain(&e))?;
-    if cli.restore.is_some() && !cli.command.is_empty() {
-        return Err("a command after -- with --restore is not supported yet".into());
-    }
     let console_marker = if cli.snapshot.is_some() {
         Some(cli.snapshot_on_marker.clone())
     } else {
         cli.boot_timer.then(|| cli.boot_timer_marker.clone())
     };
+    let restore_command = if cli.restore.is_some() {
+        (!cli.command.is_empty()).then(|| cli.command.clone())
+    } else {
+        None
+    };
     let config = VmConfig {
         disks,
-        command: (!cli.command.is_empty()).then_some(cli.command),
+        // A snapshot without a command waits for one from each restore.
+        wait_for_command: cli.snapshot.is_some() && cli.command.is_empty(),
+        command: (cli.restore.is_none() && !cli.command.is_empty()).then_some(cli.command),
         console_marker,
         seccomp: match cli.seccomp {
             OnOff::On => vmm::seccomp::SeccompMode::On,
@@ -256,7 +260,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         log::warn!("seccomp filters are off: use this for debugging only");
     }
     let mut handle = match &cli.restore {
-        Some(dir) => Vm::restore(dir, console),
+        Some(dir) => Vm::restore_with_command(dir, console, restore_command),
         None => Vm::start_with_console(config, console),
     }
     .map_err(|e| error_chain(&e))?;

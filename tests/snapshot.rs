@@ -248,3 +248,109 @@ fn damaged_or_unfitting_snapshots_are_refused_before_anything_runs() {
     }
     let _ = std::fs::remove_file(disk);
 }
+
+#[test]
+fn the_cli_snapshots_at_a_marker_and_a_restore_prints_exactly_the_rest() {
+    if !require_kvm() {
+        return;
+    }
+    let kernel = tiny_guest().to_str().expect("utf-8").to_string();
+    let whole = common::run_ember(
+        &["--kernel", &kernel, "--cmdline", "action=pattern:300"],
+        b"",
+        T,
+    );
+    assert_eq!(whole.code(), 0);
+    let dir = snap_dir("cli");
+    let d = dir.to_str().expect("utf-8");
+    let first = common::run_ember(
+        &[
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            "action=pattern:300",
+            "--snapshot",
+            d,
+            "--snapshot-on-marker",
+            "line 100:",
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(first.code(), 0, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("snapshot written to"),
+        "{}",
+        first.stderr
+    );
+    let rest = common::run_ember(&["--restore", d], b"", T);
+    assert_eq!(rest.code(), 0, "{}", rest.stderr);
+    assert_eq!(
+        first.stdout + &rest.stdout,
+        whole.stdout,
+        "snapshot output and restore output together are the uninterrupted run"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their_own() {
+    if !require_kvm() {
+        return;
+    }
+    let (vmlinux, _) = common::guest_kernel();
+    let dir = snap_dir("linux");
+    let d = dir.to_str().expect("utf-8");
+    let snap = common::run_ember(
+        &[
+            "--kernel",
+            vmlinux.to_str().expect("utf-8"),
+            "--initrd",
+            common::guest_initramfs().to_str().expect("utf-8"),
+            "--snapshot",
+            d,
+        ],
+        b"",
+        Duration::from_secs(600),
+    );
+    assert_eq!(snap.code(), 0, "{}\n{}", snap.stdout, snap.stderr);
+    assert!(snap.stdout.contains("ember-init: ready"), "{}", snap.stdout);
+    // The CLI: a command with exact arguments and its status.
+    let r = common::run_ember(
+        &[
+            "--restore",
+            d,
+            "--",
+            "sh",
+            "-c",
+            "echo \"restored <$1>\"; exit 5",
+            "x",
+            "a b",
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(r.code(), 5, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "restored <a b>\r\n");
+    // Eight clones at once in this process, each with its own command.
+    let clones: Vec<_> = (0..8)
+        .map(|i| {
+            let (console, out) = captured();
+            let argv = vec![
+                "sh".to_string(),
+                "-c".into(),
+                format!("echo clone-{i}; exit {}", 10 + i),
+            ];
+            (
+                i,
+                Vm::restore_with_command(&dir, console, Some(argv)).expect("restore"),
+                out,
+            )
+        })
+        .collect();
+    for (i, vm, out) in clones {
+        assert_eq!(end(vm), ExitReason::Status(10 + i), "{}", out.text());
+        assert_eq!(out.text(), format!("clone-{i}\r\n"));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -11,7 +11,10 @@
  *      Ember's boot-timer device (byte 123 at guest-physical 0xC0000000, as Firecracker's),
  *      then mounts proc, sysfs and two tmpfs (/tmp, /run); a mount that fails is named on the
  *      console and the boot goes on;
- *   2. prints "ember-init: ready";
+ *   2. prints "ember-init: ready"; with `ember.wait` on the kernel command line (a VM booted
+ *      to be snapshotted here) it then waits for its command on the console: one line,
+ *      `ember.cmd=<base64>` as below, or empty for the shell (Ember types it into a restored
+ *      guest's console, not echoed);
  *   3. with `ember.cmd=<base64>` on the kernel command line (each argument followed by a NUL,
  *      standard alphabet, padded: see vmm/src/command.rs) runs that argv exactly (no shell
  *      parsing) on the console; a program not found in PATH that is a busybox applet runs as
@@ -235,6 +238,59 @@ static int status_code(int st)
 	if (WIFSIGNALED(st))
 		return 128 + WTERMSIG(st);
 	return 255;
+}
+
+/*
+ * Reads the command line Ember types after a restore (echo off, no line-length limit of the
+ * terminal's canonical mode) into `line`; returns its length without the newline, or -1.
+ */
+static struct termios typed_saved;
+static int typed_have_tty;
+
+/* Before "ready": the console stops echoing, so the line Ember types is never shown. */
+static void prepare_typed_line(void)
+{
+	struct termios raw;
+	typed_have_tty = tcgetattr(0, &typed_saved) == 0;
+	if (typed_have_tty) {
+		raw = typed_saved;
+		raw.c_lflag &= ~(ECHO | ICANON);
+		raw.c_cc[VMIN] = 1;
+		raw.c_cc[VTIME] = 0;
+		tcsetattr(0, TCSANOW, &raw);
+	}
+}
+
+static ssize_t read_typed_line(char *line, size_t size)
+{
+	size_t len = 0;
+	for (;;) {
+		ssize_t n = read(0, line + len, size - 1 - len);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			len = (size_t)-1;
+			break;
+		}
+		char *nl = memchr(line + len, '\n', n);
+		len += n;
+		if (nl) {
+			len = nl - line;
+			break;
+		}
+		if (len >= size - 1) {
+			len = (size_t)-1;
+			break;
+		}
+	}
+	if (typed_have_tty)
+		tcsetattr(0, TCSANOW, &typed_saved);
+	if (len == (size_t)-1)
+		return -1;
+	line[len] = 0;
+	if (len && line[len - 1] == '\r')
+		line[--len] = 0;
+	return len;
 }
 
 /* Host test mode: decode, run, report on stdout. */
@@ -508,7 +564,20 @@ int main(void)
 	console_tty(cmdline, tty, sizeof tty);
 	argv = command_argv(cmdline_copy, argbuf, &bad);
 
+	static char waitcopy[CMDLINE_MAX];
+	snprintf(waitcopy, sizeof waitcopy, "%s", cmdline);
+	int wait = !argv && !bad && cmdline_value(waitcopy, "ember.wait");
+	if (wait)
+		prepare_typed_line();
 	say("ready");
+	if (wait) {
+		static char typed[16384], typedbuf[16384];
+		ssize_t n = read_typed_line(typed, sizeof typed);
+		if (n < 0)
+			say("no command arrived on the console; running the shell");
+		else if (n > 0)
+			argv = command_argv(typed, typedbuf, &bad);
+	}
 	if (!argv && bad)
 		finish(sfd, 0, bad, RB_POWER_OFF);
 

@@ -9,6 +9,9 @@ use base64::Engine;
 
 /// The kernel command-line parameter that carries the command.
 pub const PARAM: &str = "ember.cmd=";
+/// The kernel command-line parameter that makes the init wait for its command on the console
+/// after "ready": one line, `ember.cmd=<base64>` as on the command line, or empty for the shell.
+pub const WAIT_PARAM: &str = "ember.wait";
 
 /// Errors in a command.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -166,6 +166,11 @@ pub struct VmConfig {
     /// exit status is then the command's.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    /// The project's init waits for its command on the console after "ready" (kernel
+    /// parameter `ember.wait`): for a snapshot taken there, whose restores each bring a
+    /// command ([`crate::Vm::restore_with_command`]).
+    #[serde(default)]
+    pub wait_for_command: bool,
     /// A string whose first appearance on the console is timestamped
     /// ([`crate::Timestamps::console_marker`]), e.g. `"Run /init as init process"`.
     #[serde(default)]
@@ -220,6 +225,7 @@ impl VmConfig {
             pvm: PvmMode::Auto,
             disks: Vec::new(),
             command: None,
+            wait_for_command: false,
             console_marker: None,
             seccomp: crate::seccomp::SeccompMode::Deny,
             thp: DEFAULT_THP,
@@ -346,6 +352,13 @@ impl VmConfigBuilder {
     /// Sets a command for the guest's init to run.
     pub fn command<S: Into<String>>(mut self, argv: impl IntoIterator<Item = S>) -> Self {
         self.0.command = Some(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Lets the project's init wait for its command on the console after "ready" (for a
+    /// snapshot whose restores bring commands).
+    pub fn wait_for_command(mut self) -> Self {
+        self.0.wait_for_command = true;
         self
     }
 

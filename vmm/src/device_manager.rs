@@ -88,6 +88,8 @@ pub(crate) struct ConsoleParts {
     pub buffer: Arc<devices::legacy::ConsoleBuffer>,
     pub output: crate::console::ConsoleOutput,
     pub input: Option<File>,
+    /// Typed into the guest's console before any input (a restored guest's command).
+    pub typed: Vec<u8>,
 }
 
 /// The legacy devices' saved states, for a restore.
@@ -110,6 +112,7 @@ pub(crate) fn create_legacy_devices(
         buffer: console_buffer,
         output: console_out,
         input: console_in,
+        typed,
     } = console;
     let mut buses = IoBuses::default();
     let mut subscribers: Vec<Subscriber> = Vec::new();
@@ -149,9 +152,19 @@ pub(crate) fn create_legacy_devices(
         .pio
         .insert(serial.clone(), u64::from(COM1_PORT), 8)
         .map_err(|e| DeviceError::Bus("COM1", e))?;
+    let console_in = match console_in {
+        // Something to type but no input: /dev/null, which epoll refuses, so only the typed
+        // bytes go in.
+        None if !typed.is_empty() => {
+            Some(File::open("/dev/null").map_err(|e| DeviceError::EventFd("COM1 input", e))?)
+        }
+        other => other,
+    };
     if let Some(input) = console_in {
         let sink: Arc<Mutex<dyn ConsoleInputSink>> = serial;
-        subscribers.push(Arc::new(Mutex::new(SerialInput::new(sink, input, drained))));
+        subscribers.push(Arc::new(Mutex::new(
+            SerialInput::new(sink, input, drained).with_prefix(&typed),
+        )));
     }
 
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)

@@ -82,6 +82,9 @@ pub enum Error {
     /// The VM's clock could not be read or set.
     #[error("Cannot {0} the VM's clock")]
     Clock(&'static str, #[source] kvm_ioctls::Error),
+    /// The command for a restored guest cannot be encoded.
+    #[error(transparent)]
+    Command(#[from] command::CommandError),
     /// A snapshot's devices do not fit the configuration it was taken with.
     #[error("Snapshot does not fit its configuration: {0}")]
     SnapshotMismatch(String),

@@ -158,6 +158,17 @@ impl Vm {
     /// they were. Every check (format, checksum, CPU vendor and features, memory file, disks)
     /// is made before anything runs.
     pub fn restore(dir: impl AsRef<std::path::Path>, console: Console) -> Result<VmHandle, Error> {
+        Self::restore_with_command(dir, console, None)
+    }
+
+    /// [`Self::restore`], and the guest's init (snapshotted while it waited for a command,
+    /// [`crate::VmConfig::wait_for_command`]) runs `command` (the VM's status is then the
+    /// command's), or without one its shell.
+    pub fn restore_with_command(
+        dir: impl AsRef<std::path::Path>,
+        console: Console,
+        command: Option<Vec<String>>,
+    ) -> Result<VmHandle, Error> {
         let dir = dir.as_ref();
         let start = Instant::now();
         let snap = crate::snapshot::read(dir)?;
@@ -199,8 +210,24 @@ impl Vm {
             serial: &snap.serial,
             i8042: &snap.i8042,
         };
+        // A guest snapshotted while its init waited for a command gets one now: the command's
+        // line, or an empty line (the init then runs its shell).
+        let typed = if config.wait_for_command {
+            let mut line = match &command {
+                Some(argv) => crate::command::encode(argv)?.into_bytes(),
+                None => Vec::new(),
+            };
+            line.push(b'\n');
+            line
+        } else if command.is_some() {
+            return Err(Error::SnapshotMismatch(
+                "it was not taken while the guest's init waited for a command".into(),
+            ));
+        } else {
+            Vec::new()
+        };
         let (devices, console_in_writer, _) =
-            build_devices(&config, &vm, &mem, &control, console, Some(legacy))?;
+            build_devices(&config, &vm, &mem, &control, console, Some(legacy), typed)?;
         for (t, st) in devices.stateful.transports.iter().zip(&snap.transports) {
             t.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -247,7 +274,7 @@ impl Vm {
         let kernel_loaded = Instant::now();
         let control = Arc::new(VmControl::new().map_err(Error::EventFd)?);
         let (devices, console_in_writer, device_cmdline) =
-            build_devices(&config, &vm, &mem, &control, console, None)?;
+            build_devices(&config, &vm, &mem, &control, console, None, Vec::new())?;
         let cmdline = compose_cmdline(&config, &device_cmdline, pvm_compat);
         write_boot_structures(&mem, config.memory, config.vcpus, &kernel, &cmdline, initrd)?;
         let vcpus = build_vcpus(&config, &vm, &kernel, pvm_compat)?;
@@ -311,6 +338,7 @@ fn build_devices(
     control: &Arc<VmControl>,
     console: Console,
     restore: Option<crate::device_manager::LegacyStates<'_>>,
+    typed: Vec<u8>,
 ) -> Result<(crate::device_manager::Devices, Option<File>, Vec<String>), Error> {
     let (console_in, console_in_writer) = match console.input {
         ConsoleInput::None => (None, None),
@@ -333,6 +361,7 @@ fn build_devices(
             buffer: console_buffer,
             output: console.output,
             input: console_in,
+            typed,
         },
         config.vcpus,
         restore,
@@ -717,6 +746,9 @@ fn compose_cmdline(config: &VmConfig, disk_entries: &[String], pvm_compat: bool)
             cmdline.push(' ');
             cmdline.push_str(&p);
         }
+    } else if config.wait_for_command {
+        cmdline.push(' ');
+        cmdline.push_str(crate::command::WAIT_PARAM);
     }
     let names_root = cmdline.split_whitespace().any(|w| w.starts_with("root="));
     if let Some(first) = config.disks.first() {

@@ -275,6 +275,12 @@ impl SerialInput {
         }
     }
 
+    /// Types `bytes` first, before anything read from the input (a restored guest's command).
+    pub fn with_prefix(mut self, bytes: &[u8]) -> Self {
+        self.pending.extend(bytes);
+        self
+    }
+
     fn flush_pending(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -327,7 +333,10 @@ impl SerialInput {
 
 impl MutEventSubscriber for SerialInput {
     fn init(&mut self, ops: &mut EventOps) {
-        self.set_input_watch(ops, true);
+        self.flush_pending();
+        if self.pending.is_empty() {
+            self.set_input_watch(ops, true);
+        }
         if let Err(e) = ops.add(Events::with_data(
             &self.drained,
             Self::DRAINED,
