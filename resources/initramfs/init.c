@@ -12,9 +12,11 @@
  *      then mounts proc, sysfs and two tmpfs (/tmp, /run); a mount that fails is named on the
  *      console and the boot goes on;
  *   2. prints "ember-init: ready"; with `ember.wait` on the kernel command line (a VM booted
- *      to be snapshotted here) it then waits for its command on the console: one line,
- *      `ember.cmd=<base64>` as below, or empty for the shell (Ember types it into a restored
- *      guest's console, not echoed);
+ *      to be snapshotted here) it then waits for its command on the console: one line of
+ *      words, `ember.cmd=<base64>` as below (none: the shell), `ember.seed=<hex>` (bytes
+ *      mixed into the kernel's random pool, so clones of one snapshot do not share their
+ *      randomness) and `ember.clone=<id>` (exported to the command as EMBER_CLONE_ID), which
+ *      Ember types into a restored guest's console, not echoed;
  *   3. with `ember.cmd=<base64>` on the kernel command line (each argument followed by a NUL,
  *      standard alphabet, padded: see vmm/src/command.rs) runs that argv exactly (no shell
  *      parsing) on the console; a program not found in PATH that is a busybox applet runs as
@@ -291,6 +293,27 @@ static ssize_t read_typed_line(char *line, size_t size)
 	if (len && line[len - 1] == '\r')
 		line[--len] = 0;
 	return len;
+}
+
+/* Mixes the hex bytes of `hex` into the kernel's random pool (a write to /dev/urandom mixes
+ * without crediting entropy). */
+static void mix_seed(const char *hex)
+{
+	unsigned char bytes[256];
+	size_t n = 0;
+	int fd;
+	while (n < sizeof bytes && hex[0] && hex[1]) {
+		unsigned v;
+		if (sscanf(hex, "%2x", &v) != 1)
+			break;
+		bytes[n++] = (unsigned char)v;
+		hex += 2;
+	}
+	fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, bytes, n) != (ssize_t)n)
+		say("cannot mix the clone's seed into /dev/urandom");
+	if (fd >= 0)
+		close(fd);
 }
 
 /* Host test mode: decode, run, report on stdout. */
@@ -571,12 +594,20 @@ int main(void)
 		prepare_typed_line();
 	say("ready");
 	if (wait) {
-		static char typed[16384], typedbuf[16384];
+		static char typed[16384], typedbuf[16384], word[16384];
 		ssize_t n = read_typed_line(typed, sizeof typed);
 		if (n < 0)
 			say("no command arrived on the console; running the shell");
-		else if (n > 0)
+		else if (n > 0) {
+			char *v;
+			memcpy(word, typed, sizeof word);
+			if ((v = cmdline_value(word, "ember.seed=")))
+				mix_seed(v);
+			memcpy(word, typed, sizeof word);
+			if ((v = cmdline_value(word, "ember.clone=")))
+				setenv("EMBER_CLONE_ID", v, 1);
 			argv = command_argv(typed, typedbuf, &bad);
+		}
 	}
 	if (!argv && bad)
 		finish(sfd, 0, bad, RB_POWER_OFF);

@@ -12,6 +12,10 @@ pub const PARAM: &str = "ember.cmd=";
 /// The kernel command-line parameter that makes the init wait for its command on the console
 /// after "ready": one line, `ember.cmd=<base64>` as on the command line, or empty for the shell.
 pub const WAIT_PARAM: &str = "ember.wait";
+/// On the line typed to a restored guest: bytes (hex) for its random pool.
+pub const SEED_PARAM: &str = "ember.seed=";
+/// On the line typed to a restored guest: its clone id (hex), EMBER_CLONE_ID for the command.
+pub const CLONE_PARAM: &str = "ember.clone=";
 
 /// Errors in a command.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

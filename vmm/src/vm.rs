@@ -217,7 +217,17 @@ impl Vm {
                 Some(argv) => crate::command::encode(argv)?.into_bytes(),
                 None => Vec::new(),
             };
-            line.push(b'\n');
+            // A new identity for each restore: a seed for the guest's random pool and an id.
+            line.extend_from_slice(
+                format!(
+                    " {}{} {}{:016x}\n",
+                    crate::command::SEED_PARAM,
+                    hex(&random_bytes::<32>()),
+                    crate::command::CLONE_PARAM,
+                    u64::from_le_bytes(random_bytes::<8>())
+                )
+                .as_bytes(),
+            );
             line
         } else if command.is_some() {
             return Err(Error::SnapshotMismatch(
@@ -291,6 +301,22 @@ impl Vm {
             (start, config_validated, memory_ready, kernel_loaded),
         )
     }
+}
+
+/// `N` bytes from the kernel's random source (`getrandom`); zeros only if it fails, which it
+/// does not on a Linux that runs KVM.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SAFETY: `b` is a valid buffer of N bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), N, 0) };
+    if n != N as isize {
+        log::warn!("getrandom failed: a restored guest gets a weak seed");
+    }
+    b
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Step 1: guest memory (with transparent huge pages if asked) and the KVM VM over it.
