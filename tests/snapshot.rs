@@ -378,3 +378,38 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn clones_cannot_share_a_read_write_disk() {
+    if !require_kvm() {
+        return;
+    }
+    let disk = sparse_file("snap-rw.img", 1 << 20);
+    let config = VmConfig::builder(tiny_guest())
+        .cmdline("action=loop")
+        .memory_mib(32)
+        .disk(&disk, false)
+        .build()
+        .expect("config");
+    let mut vm = Vm::start_with_console(config, captured().0).expect("start");
+    let dir = snap_dir("rw");
+    vm.snapshot(&dir).expect("snapshot");
+    vm.kill();
+    drop(vm);
+    let mut first = Vm::restore(&dir, captured().0).expect("the first restore takes the disk");
+    match Vm::restore(&dir, captured().0) {
+        Ok(_) => panic!("two VMs write one disk"),
+        Err(e) => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                s.push_str(&format!(": {c}"));
+                src = c.source();
+            }
+            assert!(s.contains("in use by another VM or process"), "{s}");
+        }
+    }
+    first.kill();
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(disk);
+}

@@ -15,7 +15,7 @@ pub enum DiskError {
     #[error("Cannot open disk image {0}")]
     Open(PathBuf, #[source] std::io::Error),
     /// Another process holds a conflicting lock.
-    #[error("Disk image {0} is in use by another process (it is locked)")]
+    #[error("Disk image {0} is in use by another VM or process (it is locked)")]
     Locked(PathBuf),
     /// Locking failed for another reason.
     #[error("Cannot lock disk image {0}")]
