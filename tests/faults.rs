@@ -84,7 +84,7 @@ fn flush_loop_then(
         }
         false
     });
-    let status = child.wait().expect("wait");
+    let status = common::wait_within(&mut child, common::WAIT_LIMIT);
     let upto = last_flushed(&lines).expect("the guest flushed");
     assert!(upto >= 20, "{lines:?}");
     (status, upto, img)
@@ -145,7 +145,7 @@ fn a_shrinking_image_gives_the_guest_io_errors() {
         }
         l.contains("status=1")
     });
-    let status = child.wait().expect("wait");
+    let status = common::wait_within(&mut child, common::WAIT_LIMIT);
     assert!(
         lines.last().is_some_and(|l| l.ends_with("status=1")),
         "{lines:?}"

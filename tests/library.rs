@@ -43,7 +43,7 @@ fn sixteen_concurrent_vms_keep_their_own_output_and_status() {
         })
         .collect();
     for (i, (mut handle, capture)) in vms {
-        let exit = handle.wait();
+        let exit = common::vm_wait(&mut handle, common::WAIT_LIMIT);
         assert_eq!(exit.reason, ExitReason::Status(100 + i));
         assert_eq!(capture.text(), format!("vm-{i}-first\nvm-{i}-second\n"));
     }
@@ -154,9 +154,12 @@ fn exit_reasons_and_timestamps() {
         return;
     }
     let (mut h, _) = start("action=triplefault");
-    assert_eq!(h.wait().reason, ExitReason::TripleFault { vcpu: 0 });
+    assert_eq!(
+        common::vm_wait(&mut h, common::WAIT_LIMIT).reason,
+        ExitReason::TripleFault { vcpu: 0 }
+    );
     let (mut h, _) = start("action=reset");
-    let exit = h.wait();
+    let exit = common::vm_wait(&mut h, common::WAIT_LIMIT);
     assert_eq!(exit.reason, ExitReason::Reset);
     let t = exit.timestamps;
     let first = t.first_run.expect("the guest ran");

@@ -36,7 +36,10 @@ fn errors_come_early_and_nothing_leaks() {
             .expect("valid"),
     )
     .expect("start");
-    assert_eq!(warm.wait().reason, ExitReason::Status(0));
+    assert_eq!(
+        common::vm_wait(&mut warm, common::WAIT_LIMIT).reason,
+        ExitReason::Status(0)
+    );
     drop(warm);
 
     let (fds, tasks) = (open_fds(), threads());
@@ -80,7 +83,10 @@ fn errors_come_early_and_nothing_leaks() {
             .expect("valid");
         let mut h = Vm::start(cfg).expect("start");
         match i % 3 {
-            0 => assert_eq!(h.wait().reason, ExitReason::Status(3)),
+            0 => assert_eq!(
+                common::vm_wait(&mut h, common::WAIT_LIMIT).reason,
+                ExitReason::Status(3)
+            ),
             1 => assert_eq!(h.kill().reason, ExitReason::Stopped),
             _ => {
                 // Dropping the handle stops the VM too.

@@ -70,7 +70,8 @@ fn five_hundred_vms_in_a_row_leak_nothing() {
         .build()
         .expect("config");
     let run = || {
-        let exit = Vm::start(cfg.clone()).expect("start").wait();
+        let mut vm = Vm::start(cfg.clone()).expect("start");
+        let exit = common::vm_wait(&mut vm, common::WAIT_LIMIT);
         assert_eq!(exit.reason, ExitReason::Status(7));
     };
     for _ in 0..20 {

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ember_bin, lflag, pty, require_kvm, tiny_guest, Pty};
+use common::{ember_bin, lflag, pty, require_kvm, tiny_guest, ChildExt, Pty};
 
 fn spawn_on(p: &Pty, args: &[&str]) -> std::process::Child {
     let stdin = p.slave.try_clone().expect("dup");
@@ -31,15 +31,12 @@ fn raw_mode_is_restored_after_exit_error_and_signal() {
 
     // A guest that ends by itself.
     let out = spawn_on(&p, &["--kernel", &kernel, "--cmdline", "action=exit:0"])
-        .wait_with_output()
-        .expect("wait");
+        .wait_with_output_within();
     assert!(out.status.success());
     assert_eq!(lflag(&p.slave), before);
 
     // A start-up error.
-    let out = spawn_on(&p, &["--kernel", "/proc/self/status"])
-        .wait_with_output()
-        .expect("wait");
+    let out = spawn_on(&p, &["--kernel", "/proc/self/status"]).wait_with_output_within();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(lflag(&p.slave), before);
 
@@ -55,7 +52,7 @@ fn raw_mode_is_restored_after_exit_error_and_signal() {
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().expect("wait");
+    let status = common::wait_within(&mut child, common::WAIT_LIMIT);
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     std::thread::sleep(Duration::from_millis(10));
     assert_eq!(lflag(&p.slave), before);
@@ -84,8 +81,7 @@ fn the_terminal_is_restored_after_a_panic_and_a_seccomp_kill() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn")
-            .wait_with_output()
-            .expect("wait");
+            .wait_with_output_within();
         assert!(!out.status.success(), "{var}: {out:?}");
         assert_eq!(lflag(&p.slave), before, "{var}: the terminal is left raw");
     }

@@ -174,3 +174,41 @@ pub fn lflag(fd: &std::os::fd::OwnedFd) -> libc::tcflag_t {
     // SAFETY: tcgetattr succeeded.
     unsafe { t.assume_init() }.c_lflag
 }
+
+/// How long one wait in a test may take before the test fails (a hang, not a slow run).
+pub const WAIT_LIMIT: Duration = Duration::from_secs(300);
+
+/// `child.wait()`, but the child is killed and the test fails if it has not ended within
+/// `timeout`.
+pub fn wait_within(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `vm.wait()`, but the test fails if the VM has not ended within `timeout`.
+pub fn vm_wait(vm: &mut vmm::VmHandle, timeout: Duration) -> vmm::VmExit {
+    vm.wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("the VM did not end within {timeout:?}"))
+}
+
+/// `wait_with_output` with [`WAIT_LIMIT`].
+pub trait ChildExt {
+    /// Waits for the child and collects its output, failing the test after [`WAIT_LIMIT`].
+    fn wait_with_output_within(self) -> std::process::Output;
+}
+
+impl ChildExt for std::process::Child {
+    fn wait_with_output_within(self) -> std::process::Output {
+        output_within(self, WAIT_LIMIT)
+    }
+}
