@@ -15,11 +15,11 @@ source resources/lib.sh
 command -v cargo >/dev/null || die "cargo not found; install Rust (https://rustup.rs)"
 # What Ember's build and the guest artefacts need, installed once.
 ensure_packages build-essential flex bison bc libelf-dev libssl-dev xz-utils patch python3 \
-    lz4 linux-source-6.1 busybox-static cpio e2fsprogs
+    lz4 linux-source-6.1 busybox-static cpio e2fsprogs musl-tools
 
 mapfile -t kernel < <(resources/kernel/build.sh)
 vmlinux="${kernel[-2]}"
 initrd="$(resources/initramfs/build.sh | tail -n 1)"
 cargo build --release --quiet
-echo "boot: Ctrl-C stops the VM; 'poweroff -f' in the guest ends it" >&2
+echo "boot: 'poweroff' in the guest ends it; Ctrl-C asks the guest to shut down" >&2
 exec target/release/ember --kernel "$vmlinux" --initrd "$initrd" --memory 256M --cpus 2 "$@"
