@@ -418,6 +418,71 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    fn empty_snapshot(vendor: &str, cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>) -> Snapshot {
+        Snapshot {
+            config_json: String::new(),
+            cpu_vendor: vendor.into(),
+            clock: Default::default(),
+            vcpus: vec![VcpuState {
+                id: 0,
+                cpuid,
+                mp_state: Default::default(),
+                regs: Default::default(),
+                sregs: Default::default(),
+                // SAFETY: plain C data for which all zeros is a valid value.
+                xsave: unsafe { std::mem::zeroed() },
+                xcrs: Default::default(),
+                debugregs: Default::default(),
+                // SAFETY: plain C data for which all zeros is a valid value.
+                lapic: unsafe { std::mem::zeroed() },
+                msrs: Vec::new(),
+                events: Default::default(),
+            }],
+            ioapic: devices::legacy::IoapicState {
+                id: 0,
+                select: 0,
+                entries: Vec::new(),
+            },
+            serial: devices::legacy::serial::SerialDeviceState {
+                uart: Default::default(),
+                held: Vec::new(),
+                lcr: 0,
+                mcr: 0,
+            },
+            i8042: Default::default(),
+            transports: Vec::new(),
+            memory: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn another_cpu_vendor_or_missing_features_are_refused() {
+        let leaf = |function, ecx| kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            ecx,
+            ..Default::default()
+        };
+        let host = vec![leaf(1, 0x0000_2001), leaf(7, 0)];
+        let ok = empty_snapshot(&host_cpu_vendor(), vec![leaf(1, 0x0000_2001 | (1 << 31))]);
+        assert!(
+            check_host(&ok, &host).is_ok(),
+            "Ember's own bits (hypervisor) are allowed"
+        );
+        let vendor = if host_cpu_vendor() == "GenuineIntel" {
+            "AuthenticAMD"
+        } else {
+            "GenuineIntel"
+        };
+        let other = empty_snapshot(vendor, vec![leaf(1, 0x2001)]);
+        assert!(matches!(
+            check_host(&other, &host),
+            Err(SnapshotError::Vendor { .. })
+        ));
+        let more = empty_snapshot(&host_cpu_vendor(), vec![leaf(1, 0x2001 | (1 << 28))]);
+        let e = check_host(&more, &host).expect_err("AVX is not on this host");
+        assert!(e.to_string().contains("0x10000000"), "{e}");
+    }
+
     #[test]
     fn memory_is_written_sparsely_and_mapped_back_copy_on_write() {
         let dir = std::env::temp_dir().join(format!("ember-snap-mem-{}", std::process::id()));
