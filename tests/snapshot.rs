@@ -295,6 +295,7 @@ fn the_cli_snapshots_at_a_marker_and_a_restore_prints_exactly_the_rest() {
 
 #[test]
 fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their_own() {
+    // Two vCPUs: the application processor is up when the snapshot is taken.
     if !require_kvm() {
         return;
     }
@@ -307,6 +308,8 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
             vmlinux.to_str().expect("utf-8"),
             "--initrd",
             common::guest_initramfs().to_str().expect("utf-8"),
+            "--cpus",
+            "2",
             "--snapshot",
             d,
         ],
@@ -315,7 +318,8 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
     );
     assert_eq!(snap.code(), 0, "{}\n{}", snap.stdout, snap.stderr);
     assert!(snap.stdout.contains("ember-init: ready"), "{}", snap.stdout);
-    // The CLI: a command with exact arguments and its status.
+    // The CLI: a command with exact arguments and its status; the second vCPU runs (SMP)
+    // and timer interrupts arrive (sleep) after the restore.
     let r = common::run_ember(
         &[
             "--restore",
@@ -323,7 +327,7 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
             "--",
             "sh",
             "-c",
-            "echo \"restored <$1>\"; exit 5",
+            "echo \"restored <$1>\"; taskset 2 echo on-cpu1; sleep 0.2; echo slept; exit 5",
             "x",
             "a b",
         ],
@@ -331,7 +335,11 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
         T,
     );
     assert_eq!(r.code(), 5, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("restored <a b>\r\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("restored <a b>\r\non-cpu1\r\nslept\r\n"),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains("Linux version"), "no boot: {}", r.stdout);
     // Eight clones at once in this process, each with its own command.
     let clones: Vec<_> = (0..8)
