@@ -245,6 +245,12 @@ impl VmConfig {
 
     /// Checks every value and that the files can be opened.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_boot_files()?;
+        self.validate_machine()
+    }
+
+    /// The kernel and initramfs can be read (a boot needs them, a restore does not).
+    fn validate_boot_files(&self) -> Result<(), ConfigError> {
         check_file(&self.kernel).map_err(|e| match e {
             FileCheck::Io(source) => ConfigError::Kernel {
                 path: self.kernel.clone(),
@@ -261,6 +267,12 @@ impl VmConfig {
                 FileCheck::NotAFile => ConfigError::NotAFile(initrd.clone()),
             })?;
         }
+        Ok(())
+    }
+
+    /// Everything but the boot files: vCPUs, memory, disks, command, command line (a
+    /// restored snapshot's configuration is checked with this).
+    pub fn validate_machine(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::VcpuCount(u32::from(self.vcpus)));
         }

@@ -174,6 +174,17 @@ impl Vm {
         let snap = crate::snapshot::read(dir)?;
         let config: VmConfig = serde_json::from_str(&snap.config_json)
             .map_err(|e| crate::snapshot::SnapshotError::Decode(e.to_string()))?;
+        config.validate_machine()?;
+        // Guest RAM must be laid out as a VM of this size is: nothing a tampered file says
+        // may map memory over the MMIO gap or elsewhere.
+        let layout: Vec<(u64, u64)> = snap
+            .memory
+            .iter()
+            .map(|r| (r.guest_address, r.size))
+            .collect();
+        if layout != arch::x86_64::memory::ram_regions(config.memory) {
+            return Err(Error::SnapshotMismatch("the guest memory layout".into()));
+        }
         if snap.vcpus.len() != usize::from(config.vcpus) || snap.vcpus.is_empty() {
             return Err(Error::SnapshotMismatch("the number of vCPUs".into()));
         }

@@ -324,6 +324,10 @@ impl VirtioDevice for VirtioBlock {
             None => None,
             Some(q) => {
                 let queue = Queue::try_from(q.0).map_err(|_| ActivateError::BadQueue(0))?;
+                // Its rings must lie in guest RAM, as activation requires of a driver.
+                if !queue.is_valid(&self.mem) {
+                    return Err(ActivateError::BadQueue(0));
+                }
                 Some(Active {
                     queue,
                     interrupt,
