@@ -1,6 +1,6 @@
 //! The VM's console as its owner sees it: where guest serial output goes, and where guest
 //! serial input comes from. Guest output leaves the vCPU as bytes in a bounded buffer
-//! ([`devices::legacy::ConsoleBuffer`]); the event loop's [`ConsoleOutputHandler`] writes it
+//! ([`devices::legacy::ConsoleBuffer`]); the event loop's `ConsoleOutputHandler` writes it
 //! to the owner's sink without blocking.
 
 use std::fs::File;
