@@ -260,7 +260,15 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         log::warn!("seccomp filters are off: use this for debugging only");
     }
     let mut handle = match &cli.restore {
-        Some(dir) => Vm::restore_with_command(dir, console, restore_command),
+        Some(dir) => Vm::restore_with(
+            dir,
+            console,
+            vmm::RestoreOptions {
+                command: restore_command,
+                seccomp: config.seccomp,
+                console_marker: config.console_marker.clone(),
+            },
+        ),
         None => Vm::start_with_console(config, console),
     }
     .map_err(|e| error_chain(&e))?;

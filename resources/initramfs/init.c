@@ -15,7 +15,9 @@
  *      to be snapshotted here) it then waits for its command on the console: one line of
  *      words, `ember.cmd=<base64>` as below (none: the shell), `ember.seed=<hex>` (bytes
  *      mixed into the kernel's random pool, so clones of one snapshot do not share their
- *      randomness) and `ember.clone=<id>` (exported to the command as EMBER_CLONE_ID), which
+ *      randomness), `ember.time=<seconds>.<nanoseconds>` (the host's wall clock: a clone
+ *      wakes at the snapshot's time otherwise) and `ember.clone=<id>` (exported to the
+ *      command as EMBER_CLONE_ID), which
  *      Ember types into a restored guest's console, not echoed;
  *   3. with `ember.cmd=<base64>` on the kernel command line (each argument followed by a NUL,
  *      standard alphabet, padded: see vmm/src/command.rs) runs that argv exactly (no shell
@@ -64,6 +66,7 @@
 #define CMDLINE_MAX 4096
 #define MAX_INPUTS 4
 #define GRACE_MS 1000
+#define RNDRESEEDCRNG 0x5207 /* _IO('R', 0x07), linux/random.h */
 
 /* linux/input-event-codes.h (musl ships no kernel headers) */
 #define EV_KEY 1
@@ -310,8 +313,11 @@ static void mix_seed(const char *hex)
 		hex += 2;
 	}
 	fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, bytes, n) != (ssize_t)n)
-		say("cannot mix the clone's seed into /dev/urandom");
+	/* A write only feeds the input pool; RNDRESEEDCRNG makes the generator use it now, so
+	 * clones never share their random numbers, not even for the seconds until the next
+	 * scheduled reseed. */
+	if (fd < 0 || write(fd, bytes, n) != (ssize_t)n || ioctl(fd, RNDRESEEDCRNG) != 0)
+		say("cannot mix the clone's seed into the random pool");
 	if (fd >= 0)
 		close(fd);
 }
@@ -603,6 +609,15 @@ int main(void)
 			memcpy(word, typed, sizeof word);
 			if ((v = cmdline_value(word, "ember.seed=")))
 				mix_seed(v);
+			memcpy(word, typed, sizeof word);
+			if ((v = cmdline_value(word, "ember.time="))) {
+				struct timespec ts = { 0, 0 };
+				ts.tv_sec = strtoll(v, &v, 10);
+				if (*v == '.')
+					ts.tv_nsec = strtol(v + 1, NULL, 10);
+				if (clock_settime(CLOCK_REALTIME, &ts) != 0)
+					say("cannot set the clock: %s", strerror(errno));
+			}
 			memcpy(word, typed, sizeof word);
 			if ((v = cmdline_value(word, "ember.clone=")))
 				setenv("EMBER_CLONE_ID", v, 1);

@@ -14,6 +14,8 @@ pub const PARAM: &str = "ember.cmd=";
 pub const WAIT_PARAM: &str = "ember.wait";
 /// On the line typed to a restored guest: bytes (hex) for its random pool.
 pub const SEED_PARAM: &str = "ember.seed=";
+/// On the line typed to a restored guest: the host's wall clock (`seconds.nanoseconds`).
+pub const TIME_PARAM: &str = "ember.time=";
 /// On the line typed to a restored guest: its clone id (hex), EMBER_CLONE_ID for the command.
 pub const CLONE_PARAM: &str = "ember.clone=";
 

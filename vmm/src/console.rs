@@ -242,8 +242,8 @@ enum Sink {
     Discard,
     /// A caller's writer: called on the event loop's thread.
     Writer(Box<dyn Write + Send>),
-    /// A descriptor of Ember's own, non-blocking.
-    File(File),
+    /// A descriptor of Ember's own, non-blocking, or a socket written with `MSG_DONTWAIT`.
+    File(File, bool),
 }
 
 /// Event-loop subscriber that moves guest output from the console buffer to the owner's
@@ -273,7 +273,10 @@ impl ConsoleOutputHandler {
             ConsoleOutput::Discard => Sink::Discard,
             ConsoleOutput::Writer(w) => Sink::Writer(w),
             ConsoleOutput::Capture(c) => Sink::Writer(Box::new(c)),
-            ConsoleOutput::File(f) => Sink::File(nonblocking(f)),
+            ConsoleOutput::File(f) => {
+                let (f, socket) = nonblocking(f);
+                Sink::File(f, socket)
+            }
         };
         Self {
             buffer,
@@ -304,7 +307,23 @@ impl ConsoleOutputHandler {
             let r = match &mut self.sink {
                 Sink::Discard => Ok(rest.len()),
                 Sink::Writer(w) => w.write(rest).and_then(|n| w.flush().map(|_| n)),
-                Sink::File(f) => f.write(rest),
+                Sink::File(f, false) => f.write(rest),
+                Sink::File(f, true) => {
+                    // SAFETY: sends from a valid buffer on a descriptor we own.
+                    let n = unsafe {
+                        libc::send(
+                            f.as_raw_fd(),
+                            rest.as_ptr().cast(),
+                            rest.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                }
             };
             match r {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -342,7 +361,7 @@ impl ConsoleOutputHandler {
     }
 
     fn watch_sink(&mut self, ops: &mut EventOps, on: bool) {
-        let Sink::File(f) = &self.sink else {
+        let Sink::File(f, _) = &self.sink else {
             return;
         };
         if on == self.watching_sink {
@@ -377,7 +396,7 @@ impl ConsoleOutputHandler {
                     if left.is_zero() {
                         return;
                     }
-                    if let Sink::File(f) = &self.sink {
+                    if let Sink::File(f, _) = &self.sink {
                         let mut p = libc::pollfd {
                             fd: f.as_raw_fd(),
                             events: libc::POLLOUT,
@@ -402,15 +421,16 @@ impl MutEventSubscriber for ConsoleOutputHandler {
         )) {
             error!("console: cannot watch guest output: {e:?}");
         }
+        // A restored UART may hold bytes from before its snapshot, waiting for room.
+        self.pump(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             Self::WAKE => {
                 let _ = self.buffer.wake_event().read();
-                if self.sent >= self.pending.len() {
-                    self.pump(ops);
-                }
+                // Also when bytes are pending: a writer that said WouldBlock is tried again.
+                self.pump(ops);
             }
             Self::WRITABLE => self.pump(ops),
             _ => {
@@ -423,37 +443,38 @@ impl MutEventSubscriber for ConsoleOutputHandler {
 /// Guest output Ember holds before the UART shows the guest a busy transmitter.
 pub(crate) const CONSOLE_BUFFER_BYTES: usize = 64 << 10;
 
-/// A non-blocking descriptor for `file`'s pipe or terminal: a new open of the same object
-/// (through /proc/self/fd, `O_NOCTTY`), so the flag does not change the descriptor the caller
-/// and others share (a terminal's). A regular file never blocks and is kept as it is; what
-/// cannot be opened again (a socket) is made non-blocking itself.
-fn nonblocking(file: File) -> File {
+/// A descriptor for `file` that never blocks Ember: a pipe or a terminal is opened again
+/// non-blocking (through /proc/self/fd, `O_NOCTTY`), so the flag does not change the
+/// description the caller and others share (a terminal's); a socket is written with
+/// `MSG_DONTWAIT` (returns `true`); a regular file never blocks. What can be neither (a pty
+/// master, which would open a new pty; no /proc) stays as it is and may block the event loop.
+fn nonblocking(file: File) -> (File, bool) {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let Ok(meta) = file.metadata() else {
-        return file;
+        return (file, false);
     };
     let t = meta.file_type();
+    if t.is_socket() {
+        return (file, true);
+    }
     if t.is_file() || t.is_block_device() {
-        return file;
+        return (file, false);
     }
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    if !t.is_socket() {
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(path)
-        {
-            return f;
+    if std::fs::read_link(&path).is_ok_and(|p| p == std::path::Path::new("/dev/ptmx")) {
+        return (file, false);
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => (f, false),
+        Err(e) => {
+            warn!("console: output cannot be made non-blocking ({e}); a stalled reader can stall this VM's devices");
+            (file, false)
         }
     }
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
-    file
 }
 
 /// A close-on-exec pipe: `(read end, write end)`.

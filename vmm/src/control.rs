@@ -120,9 +120,17 @@ impl VmControl {
         self.pause_flag.load(Ordering::SeqCst)
     }
 
-    /// Records the vCPU threads to kick (once, after they are started).
+    /// Records the vCPU threads to kick (tests).
     pub fn set_vcpu_threads(&self, threads: Vec<libc::pthread_t>) {
         *self.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+    }
+
+    /// Records one more vCPU thread to kick, right after it is started.
+    pub fn add_vcpu_thread(&self, thread: libc::pthread_t) {
+        self.vcpu_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thread);
     }
 
     /// Forgets the vCPU threads before they are joined: no kick reaches them after this.

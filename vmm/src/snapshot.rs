@@ -6,9 +6,12 @@
 //!   and CRC-32 (u32 LE), then the payload: [`Snapshot`] in postcard, a compact serde format.
 //!   The configuration inside is JSON (it accepts sizes as numbers or strings, which a format
 //!   without field types cannot carry).
-//! - `memory`: guest RAM, region after region, as a sparse file: only pages the guest has
-//!   touched and that are not all zeros are written (`mincore`, then a zero check), the rest
-//!   are holes. A restore maps it copy-on-write (`MAP_PRIVATE`), read lazily.
+//! - `memory`: guest RAM, region after region, as a sparse file: only pages that are not all
+//!   zeros are written, the rest are holes. For a booted VM (anonymous memory) only the pages
+//!   the guest touched are read at all (present or swapped in `/proc/self/pagemap`); a
+//!   restored VM's memory is a private file mapping whose untouched pages hold the older
+//!   snapshot's data, so every page is read. A restore maps the file copy-on-write
+//!   (`MAP_PRIVATE`), read lazily.
 //! - `description.json`: what is in it, for people (not read back).
 //!
 //! The order of saving follows the KVM API: the VM is paused (every vCPU out of `KVM_RUN`
@@ -155,15 +158,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 /// Writes `snapshot` and guest memory `mem` into `dir` (created if missing). Files are
 /// written under temporary names and renamed when complete, so a failed write leaves no
 /// half snapshot under the real names.
+/// `file_backed`: the VM's memory maps an earlier snapshot (a restored VM).
 pub fn write(
     dir: &Path,
     snapshot: &mut Snapshot,
     mem: &GuestMemoryMmap,
+    file_backed: bool,
 ) -> Result<SnapshotInfo, SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mem_path = dir.join(MEMORY_FILE);
     let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
-    let (records, written) = write_memory(&mem_tmp, mem)?;
+    let (records, written) = write_memory(&mem_tmp, mem, file_backed)?;
     snapshot.memory = records;
     let payload =
         postcard::to_stdvec(&*snapshot).map_err(|e| SnapshotError::Encode(e.to_string()))?;
@@ -206,10 +211,38 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
     f.sync_all().map_err(io(path))
 }
 
-/// Writes guest RAM sparsely: per region, the pages that are resident and not all zeros.
+/// Which pages of `[host, host + size)` an anonymous mapping has ever had (present or swapped
+/// out, from `/proc/self/pagemap`); `None` if it cannot be read (every page is then read).
+fn touched_pages(host: *const u8, size: usize) -> Option<Vec<bool>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let pages = size.div_ceil(PAGE);
+    let first = (host as usize / PAGE) as u64;
+    let mut touched = Vec::with_capacity(pages);
+    let mut buf = vec![0u8; 8 * 4096];
+    let mut done = 0usize;
+    while done < pages {
+        let n = (pages - done).min(4096);
+        let chunk = &mut buf[..8 * n];
+        pagemap
+            .read_exact_at(chunk, (first + done as u64) * 8)
+            .ok()?;
+        for e in chunk.chunks_exact(8) {
+            let v = u64::from_le_bytes(e.try_into().ok()?);
+            touched.push(v & (PRESENT | SWAPPED) != 0);
+        }
+        done += n;
+    }
+    Some(touched)
+}
+
+/// Writes guest RAM sparsely: per region, the pages that are not all zeros, of those the
+/// guest touched (every page when `file_backed`).
 fn write_memory(
     path: &Path,
     mem: &GuestMemoryMmap,
+    file_backed: bool,
 ) -> Result<(Vec<MemoryRegionRecord>, u64), SnapshotError> {
     let f = File::create(path).map_err(io(path))?;
     let mut records = Vec::new();
@@ -221,11 +254,13 @@ fn write_memory(
             .get_host_address(region.start_addr())
             .map_err(|_| SnapshotError::Layout)?;
         let pages = (size as usize).div_ceil(PAGE);
-        let mut resident = vec![0u8; pages];
-        // SAFETY: `host` maps `size` bytes of this region; `resident` has one byte per page.
-        let r = unsafe { libc::mincore(host.cast(), size as usize, resident.as_mut_ptr()) };
-        for (p, &res) in resident.iter().enumerate() {
-            if r == 0 && res & 1 == 0 {
+        let touched = if file_backed {
+            None
+        } else {
+            touched_pages(host, size as usize)
+        };
+        for p in 0..pages {
+            if touched.as_ref().is_some_and(|t| !t[p]) {
                 continue; // never touched: a hole, which reads back as zeros
             }
             let len = PAGE.min(size as usize - p * PAGE);
@@ -494,7 +529,9 @@ mod tests {
         mem.write_obj(0u64, vm_memory::GuestAddress(0x5000))
             .expect("touch a zero page");
         let tmp = dir.join(MEMORY_FILE);
-        let (records, written) = write_memory(&tmp, &mem).expect("write memory");
+        let (records, written) = write_memory(&tmp, &mem, false).expect("write memory");
+        let (_, all) = write_memory(&dir.join("all"), &mem, true).expect("write memory");
+        assert_eq!(all, written, "reading every page finds the same data");
         assert_eq!(written, PAGE as u64, "one non-zero page");
         assert_eq!(records.iter().map(|r| r.size).sum::<u64>(), 8 << 20);
         let snap = Snapshot {

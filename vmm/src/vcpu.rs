@@ -343,8 +343,16 @@ impl Vcpu {
         // `count * size` bytes at once).
         let run_ptr: *mut kvm_bindings::kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|p| p.set(run_ptr));
+        // Cleared when this function is left, by a return or a panic, and so before `self`
+        // (and with it the mapping of kvm_run) is dropped: a kick after that finds nothing.
+        struct Unpublish;
+        impl Drop for Unpublish {
+            fn drop(&mut self) {
+                let _ = KVM_RUN.try_with(|p| p.set(std::ptr::null_mut()));
+            }
+        }
+        let _unpublish = Unpublish;
         self.run_loop(buses, control, run_ptr);
-        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
         if log::log_enabled!(log::Level::Debug) {
             let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
             debug!("vcpu{}: stopped at guest RIP {rip:#x}", self.id);

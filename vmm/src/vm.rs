@@ -73,6 +73,9 @@ struct Done {
 struct RunningVm {
     control: Arc<VmControl>,
     vcpu_threads: Vec<JoinHandle<()>>,
+    /// The handle's way to the parts a snapshot reads: emptied here, so the handle holds no
+    /// part of the VM (its memory, its disks' locks) once it has ended.
+    snapshot_sources: Arc<Mutex<Option<SnapshotSources>>>,
     console_out: Arc<Mutex<crate::console::ConsoleOutputHandler>>,
     em: crate::event_loop::Manager,
     buses: Arc<crate::vcpu::IoBuses>,
@@ -84,6 +87,10 @@ struct RunningVm {
 impl Drop for RunningVm {
     fn drop(&mut self) {
         stop_vcpus(&self.control, std::mem::take(&mut self.vcpu_threads));
+        self.snapshot_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         // The guest's last words (its exit status line, a panic) are in the console buffer:
         // out with them, unless nobody reads the console.
         self.console_out
@@ -141,6 +148,17 @@ impl Drop for EndReporter {
     }
 }
 
+/// What the caller of a restore decides (never the snapshot file).
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// The command the restored guest's init runs (a snapshot taken while it waited for one).
+    pub command: Option<Vec<String>>,
+    /// seccomp for the VM's threads.
+    pub seccomp: SeccompMode,
+    /// A console marker to timestamp.
+    pub console_marker: Option<String>,
+}
+
 /// Entry point: starts VMs.
 pub struct Vm;
 
@@ -158,7 +176,7 @@ impl Vm {
     /// they were. Every check (format, checksum, CPU vendor and features, memory file, disks)
     /// is made before anything runs.
     pub fn restore(dir: impl AsRef<std::path::Path>, console: Console) -> Result<VmHandle, Error> {
-        Self::restore_with_command(dir, console, None)
+        Self::restore_with(dir, console, RestoreOptions::default())
     }
 
     /// [`Self::restore`], and the guest's init (snapshotted while it waited for a command,
@@ -169,11 +187,36 @@ impl Vm {
         console: Console,
         command: Option<Vec<String>>,
     ) -> Result<VmHandle, Error> {
+        Self::restore_with(
+            dir,
+            console,
+            RestoreOptions {
+                command,
+                ..RestoreOptions::default()
+            },
+        )
+    }
+
+    /// [`Self::restore`] with the restoring caller's choices ([`RestoreOptions`]): what the
+    /// VM's threads may do and what it runs come from the caller, never from the file.
+    pub fn restore_with(
+        dir: impl AsRef<std::path::Path>,
+        console: Console,
+        options: RestoreOptions,
+    ) -> Result<VmHandle, Error> {
+        let RestoreOptions {
+            command,
+            seccomp,
+            console_marker,
+        } = options;
         let dir = dir.as_ref();
         let start = Instant::now();
         let snap = crate::snapshot::read(dir)?;
         let config: VmConfig = serde_json::from_str(&snap.config_json)
             .map_err(|e| crate::snapshot::SnapshotError::Decode(e.to_string()))?;
+        let mut config = config;
+        config.seccomp = seccomp;
+        config.console_marker = console_marker;
         config.validate_machine()?;
         // Guest RAM must be laid out as a VM of this size is: nothing a tampered file says
         // may map memory over the MMIO gap or elsewhere.
@@ -229,11 +272,17 @@ impl Vm {
                 None => Vec::new(),
             };
             // A new identity for each restore: a seed for the guest's random pool and an id.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             line.extend_from_slice(
                 format!(
-                    " {}{} {}{:016x}\n",
+                    " {}{} {}{}.{:09} {}{:016x}\n",
                     crate::command::SEED_PARAM,
                     hex(&random_bytes::<32>()),
+                    crate::command::TIME_PARAM,
+                    now.as_secs(),
+                    now.subsec_nanos(),
                     crate::command::CLONE_PARAM,
                     u64::from_le_bytes(random_bytes::<8>())
                 )
@@ -268,6 +317,7 @@ impl Vm {
         let restored = Instant::now();
         launch(
             Parts {
+                file_backed: true,
                 config,
                 control,
                 vm,
@@ -301,6 +351,7 @@ impl Vm {
         let vcpus = build_vcpus(&config, &vm, &kernel, pvm_compat)?;
         launch(
             Parts {
+                file_backed: false,
                 config,
                 control,
                 vm,
@@ -429,6 +480,8 @@ fn build_vcpus(
 
 /// The parts of a VM ready to run, from a boot or a restore.
 struct Parts {
+    /// Guest memory maps a snapshot's file (a restored VM).
+    file_backed: bool,
     config: VmConfig,
     control: Arc<VmControl>,
     vm: KvmVm,
@@ -441,6 +494,7 @@ struct Parts {
 /// Step 5: the threads. From here on one owner holds everything.
 fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<VmHandle, Error> {
     let Parts {
+        file_backed,
         config,
         control,
         vm,
@@ -453,12 +507,13 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         // Before any seccomp filter: finding the MSR list takes system ioctls.
         crate::vcpu::snapshot_msrs(&vm, first);
     }
-    let snapshot_sources = SnapshotSources {
+    let snapshot_sources = Arc::new(Mutex::new(Some(SnapshotSources {
+        file_backed,
         vm_fd: vm.fd.clone(),
         mem: mem.clone(),
         config: config.clone(),
         devices: devices.stateful.clone(),
-    };
+    })));
     let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
     let i8042 = devices.i8042;
     let seccomp = config.seccomp;
@@ -471,6 +526,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
     // joins the vCPU threads started so far before memory goes.
     let mut running = RunningVm {
         control: control.clone(),
+        snapshot_sources: snapshot_sources.clone(),
         vcpu_threads: Vec::with_capacity(vcpus.len()),
         console_out: devices.console_out,
         em,
@@ -485,15 +541,11 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
             .name(name)
             .spawn(move || run_vcpu(vcpu, &b, &c, seccomp))
             .map_err(Error::Thread)?;
+        // Kickable at once: if a later spawn fails, this one is stopped with the others
+        // (an application processor waits in KVM_RUN for a start-up IPI that never comes).
+        control.add_vcpu_thread(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t));
         running.vcpu_threads.push(t);
     }
-    control.set_vcpu_threads(
-        running
-            .vcpu_threads
-            .iter()
-            .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
-            .collect(),
-    );
 
     let done = Arc::new(Done {
         result: Mutex::new(None),
@@ -536,6 +588,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         console_input: console_in_writer,
         i8042,
         snapshot_sources,
+        snapshot_lock: Mutex::new(()),
     })
 }
 
@@ -546,11 +599,15 @@ pub struct VmHandle {
     thread: Option<JoinHandle<()>>,
     console_input: Option<File>,
     i8042: Arc<Mutex<devices::legacy::I8042>>,
-    snapshot_sources: SnapshotSources,
+    snapshot_sources: Arc<Mutex<Option<SnapshotSources>>>,
+    /// One snapshot at a time.
+    snapshot_lock: Mutex<()>,
 }
 
 /// What a snapshot reads besides the vCPUs: the VM's clock, memory, configuration, devices.
 struct SnapshotSources {
+    /// Guest memory maps an earlier snapshot's file (a restored VM).
+    file_backed: bool,
     vm_fd: Arc<kvm_ioctls::VmFd>,
     mem: GuestMemoryMmap,
     config: VmConfig,
@@ -653,6 +710,7 @@ impl VmHandle {
     /// saves every vCPU, the clock, the devices and guest memory, and lets it run on. The VM
     /// can then be restored from `dir`, as often as wanted, by [`Vm::restore`].
     pub fn snapshot(&self, dir: impl AsRef<std::path::Path>) -> Result<SnapshotInfo, Error> {
+        let _one = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let was_paused = self.is_paused();
         if !was_paused {
             self.pause()?;
@@ -666,7 +724,13 @@ impl VmHandle {
 
     fn write_snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, Error> {
         let vcpus = self.control.vcpu_states(Duration::from_secs(10))?;
-        let src = &self.snapshot_sources;
+        let sources = self
+            .snapshot_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let src = sources
+            .as_ref()
+            .ok_or(Error::Pause(crate::control::PauseError::Ended))?;
         let clock = src.vm_fd.get_clock().map_err(|e| Error::Clock("read", e))?;
         let d = &src.devices;
         fn locked<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -684,7 +748,14 @@ impl VmHandle {
             transports: d.transports.iter().map(|t| locked(t).state()).collect(),
             memory: Vec::new(),
         };
-        Ok(crate::snapshot::write(dir, &mut snap, &src.mem)?)
+        let info = crate::snapshot::write(dir, &mut snap, &src.mem, src.file_backed)?;
+        // A stop while the files were written lets the event loop run on: what was read may
+        // not be one moment of the VM.
+        if self.control.should_stop() || !self.control.is_paused() {
+            let _ = std::fs::remove_file(dir.join(crate::snapshot::STATE_FILE));
+            return Err(Error::Pause(crate::control::PauseError::Ended));
+        }
+        Ok(info)
     }
 
     /// Stops the VM at once (its vCPUs are kicked out of the guest) and waits for the end.
