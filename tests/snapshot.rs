@@ -421,3 +421,46 @@ fn clones_cannot_share_a_read_write_disk() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(disk);
 }
+
+#[test]
+fn local_apic_timer_interrupts_go_on_counting_after_a_restore() {
+    if !require_kvm() {
+        return;
+    }
+    // The blk guest wants a disk to exist, even for an action that does not use it.
+    let disk = sparse_file("snap-timer.img", 1 << 20);
+    let config = VmConfig::builder(blk_guest())
+        .cmdline("action=timer count=300")
+        .memory_mib(64)
+        .disk(&disk, true)
+        .build()
+        .expect("config");
+    let (console, out) = captured();
+    let vm = Vm::start_with_console(config, console).expect("start");
+    wait_until("ticks", || out.text().contains("tick 50\n"));
+    let dir = snap_dir("timer");
+    vm.pause().expect("pause");
+    vm.snapshot(&dir).expect("snapshot");
+    vm.resume();
+    assert_eq!(end(vm), ExitReason::Status(0), "{}", out.text());
+    let (console, rest) = captured();
+    let restored = Vm::restore(&dir, console).expect("restore");
+    assert_eq!(end(restored), ExitReason::Status(0), "{}", rest.text());
+    let text = rest.text();
+    let ticks: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(ticks.first().is_some_and(|&t| t >= 50), "{text}");
+    assert_eq!(ticks.last(), Some(&300), "{text}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 10),
+        "the count goes on without a gap or a repeat: {ticks:?}"
+    );
+    assert!(
+        text.contains("timer: other=0"),
+        "no stray interrupt: {text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(disk);
+}

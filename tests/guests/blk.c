@@ -80,6 +80,7 @@
  *                                                 its pin from virtio_mmio.device=...:<irq>)
  *     irq: other=<n>                              (interrupts on any other vector: expect 0)
  *   exit 0 if the counts are 1, 2, 1, 0 and the read succeeded, else 1.
+ * action=timer count=N: local APIC timer interrupts counted, "tick <n>" every 10, exit 0.
  * action=hostile scribbles over every I/O port, the MMIO gap and every disk's virtio-mmio
  * window and queues (see scribble_device), then per disk resets it, reads sector 0 and prints
  * "hostile: disk<N> good status=<n> fnv1a64=<hex>" (FNV-1a of those 4096 bytes).
@@ -995,6 +996,49 @@ static u32 wait_irq(volatile u32 *count, u32 before, u64 cycles) {
     return *count;
 }
 
+/* action=timer count=N: the local APIC timer, periodic (about every millisecond), counted by
+   its interrupt handler; "tick <n>" is printed every 10 interrupts up to N, then exit 0. A
+   snapshot taken meanwhile and restored goes on counting where it was. */
+#define VEC_TIMER 0x42
+static volatile u32 timer_irqs;
+__attribute__((interrupt)) static void isr_timer(struct iframe *f) {
+    (void)f;
+    timer_irqs++;
+    lapic_eoi();
+}
+
+static void action_timer(void) {
+    u32 count = (u32)param_num("count=", 300);
+    for (int v = 32; v < 256; v++) set_gate(v, isr_other);
+    set_gate(VEC_TIMER, isr_timer);
+    struct { u16 limit; u64 base; } __attribute__((packed)) idtr = { sizeof(idt) - 1, (u64)idt };
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+    mmio_write(LAPIC_BASE, 0x80, 0);           /* TPR */
+    mmio_write(LAPIC_BASE, 0xf0, 0x1ff);       /* SVR: enabled */
+    mmio_write(LAPIC_BASE, 0x3e0, 0xb);        /* divide by 1 */
+    mmio_write(LAPIC_BASE, 0x320, VEC_TIMER | (1u << 17)); /* LVT timer: periodic */
+    mmio_write(LAPIC_BASE, 0x380, 1000000);    /* initial count */
+    u32 printed = 0;
+    __asm__ volatile("sti" ::: "memory");
+    while (printed < count) {
+        u32 t = timer_irqs;
+        if (t >= printed + 10) {
+            printed += 10;
+            __asm__ volatile("cli" ::: "memory");
+            puts("tick ");
+            put_dec(printed);
+            putc('\n');
+            __asm__ volatile("sti" ::: "memory");
+        }
+        cpu_relax();
+    }
+    __asm__ volatile("cli" ::: "memory");
+    puts("timer: other=");
+    put_dec(other_irqs);
+    putc('\n');
+    exit_status(0);
+}
+
 /* Interrupt delivery end to end: I/O APIC registers, a masked pin that stays quiet, COM1's
    THR-empty interrupt through pin 4, and a virtio-blk completion through its pin (irqfd). */
 static void action_irq(void) {
@@ -1086,7 +1130,8 @@ void blk_main(u32 boot, u64 info) {
     if (!action) action = "";
     int known = word_is(action, "info") || word_is(action, "write") || word_is(action, "read") ||
                 word_is(action, "bench") || word_is(action, "badreq") || word_is(action, "hostile") ||
-                word_is(action, "flushloop") || word_is(action, "readloop") || word_is(action, "irq");
+                word_is(action, "flushloop") || word_is(action, "readloop") || word_is(action, "irq") ||
+                word_is(action, "timer");
     if (!known) {
         puts("blk: unknown action\n");
         exit_status(99);
@@ -1100,6 +1145,7 @@ void blk_main(u32 boot, u64 info) {
     if (word_is(action, "flushloop")) action_flushloop();
     if (word_is(action, "readloop")) action_readloop();
     if (word_is(action, "irq")) action_irq();
+    if (word_is(action, "timer")) action_timer();
     action_badreq();
 }
 
