@@ -44,7 +44,7 @@ struct Cli {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk"]
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk", "net"]
     )]
     restore: Option<PathBuf>,
     /// Initramfs (cpio, optionally compressed) for the guest.
@@ -63,6 +63,10 @@ struct Cli {
     /// /dev/vdb, ... in order. Without --initrd the first disk is the root filesystem.
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<String>,
+    /// A virtio-net interface on an existing TAP device, `tap=NAME[,mac=MAC]`. Repeatable;
+    /// the guest sees eth0, eth1, ... in order. Ember configures nothing on the host.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<String>,
     /// PVM compatibility CPU model and guest options: auto (on kvm-pvm hosts), on, off.
     #[arg(long, value_enum, default_value_t = PvmArg::Auto)]
     pvm: PvmArg,
@@ -209,8 +213,15 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     } else {
         None
     };
+    let nets = cli
+        .net
+        .iter()
+        .map(|n| vmm::NetConfig::parse(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error_chain(&e))?;
     let config = VmConfig {
         disks,
+        nets,
         // A snapshot without a command waits for one from each restore.
         wait_for_command: cli.snapshot.is_some() && cli.command.is_empty(),
         command: (cli.restore.is_none() && !cli.command.is_empty()).then_some(cli.command),

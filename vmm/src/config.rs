@@ -32,6 +32,12 @@ pub enum PvmMode {
 /// Errors in a [`VmConfig`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A `--net` value does not parse.
+    #[error("Invalid network interface '{0}': use tap=NAME[,mac=MAC]")]
+    NetSyntax(String),
+    /// A MAC address does not parse or is multicast.
+    #[error("Invalid MAC address '{0}': use six hex bytes, aa:bb:cc:dd:ee:ff, not multicast")]
+    Mac(String),
     /// The kernel file cannot be opened.
     #[error("Cannot open kernel image {path}")]
     Kernel {
@@ -137,6 +143,62 @@ impl DiskConfig {
     }
 }
 
+/// A virtio-net interface on a host TAP (which the user creates and configures).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The TAP interface's name.
+    pub tap: String,
+    /// MAC address `aa:bb:cc:dd:ee:ff`; `None` gives a locally administered one by slot.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl NetConfig {
+    /// Parses the CLI form `tap=NAME[,mac=MAC]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::NetSyntax(spec.to_string());
+        let mut tap = None;
+        let mut mac = None;
+        for opt in spec.split(',') {
+            match opt.split_once('=') {
+                Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
+                Some(("mac", v)) => mac = Some(v.to_string()),
+                _ => return Err(bad()),
+            }
+        }
+        let net = NetConfig {
+            tap: tap.ok_or_else(bad)?,
+            mac,
+        };
+        net.mac_bytes(0)?;
+        Ok(net)
+    }
+
+    /// The MAC address: the configured one, or `06:00:ac:10:00:<slot+1>`.
+    pub fn mac_bytes(&self, slot: usize) -> Result<[u8; 6], ConfigError> {
+        let Some(m) = &self.mac else {
+            return Ok([0x06, 0x00, 0xac, 0x10, 0x00, (slot as u8).wrapping_add(1)]);
+        };
+        let bad = || ConfigError::Mac(m.clone());
+        let parts: Vec<&str> = m.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut b = [0u8; 6];
+        for (o, p) in b.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if b[0] & 1 != 0 {
+            return Err(bad()); // a multicast address cannot be a NIC's
+        }
+        Ok(b)
+    }
+}
+
 /// Everything needed to build a VM. Deserializable (JSON, ...) with unknown fields refused;
 /// `memory` takes bytes as a number or a size string such as `"512M"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +224,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, in the order the guest sees them (eth0, eth1, ...).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// A command for the project's initramfs init to run (see [`crate::command`]); the VM's
     /// exit status is then the command's.
     #[serde(default)]
@@ -224,6 +289,7 @@ impl VmConfig {
             vcpus: 1,
             pvm: PvmMode::Auto,
             disks: Vec::new(),
+            nets: Vec::new(),
             command: None,
             wait_for_command: false,
             console_marker: None,
@@ -290,7 +356,10 @@ impl VmConfig {
                 });
             }
         }
-        if self.disks.len() > MAX_DISKS {
+        for (i, n) in self.nets.iter().enumerate() {
+            n.mac_bytes(i)?;
+        }
+        if self.disks.len() + self.nets.len() > MAX_DISKS {
             return Err(ConfigError::TooManyDisks(self.disks.len()));
         }
         for d in &self.disks {
@@ -357,6 +426,15 @@ impl VmConfigBuilder {
             path: path.into(),
             read_only,
             serial: None,
+        });
+        self
+    }
+
+    /// Adds a virtio-net interface on the TAP `tap`.
+    pub fn net(mut self, tap: impl Into<String>, mac: Option<String>) -> Self {
+        self.0.nets.push(NetConfig {
+            tap: tap.into(),
+            mac,
         });
         self
     }

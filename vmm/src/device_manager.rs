@@ -43,6 +43,9 @@ pub enum DeviceError {
     /// Opening a disk failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Opening a TAP failed.
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::net::TapError),
     /// No interrupt line or MMIO window is left for another virtio device.
     #[error("No interrupt line or MMIO window left for {0}")]
     NoSlot(&'static str),
@@ -304,6 +307,51 @@ pub(crate) fn attach_virtio_mmio(
     devices.stateful.transports.push(transport);
     devices.subscribers.push((dev.handler)(kicks));
     Ok(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
+}
+
+/// Attaches one virtio-net device per interface, `eth0` first; returns the command-line
+/// entries that announce them.
+pub(crate) fn create_net_devices(
+    vm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    alloc: &mut MmioAllocator,
+    nets: &[crate::config::NetConfig],
+    devices: &mut Devices,
+) -> Result<Vec<String>, DeviceError> {
+    let mut cmdline = Vec::with_capacity(nets.len());
+    for (i, cfg) in nets.iter().enumerate() {
+        let tap = devices::virtio::net::Tap::open(&cfg.tap)?;
+        let mac = cfg
+            .mac_bytes(i)
+            .map_err(|_| DeviceError::NoSlot("a MAC address"))?;
+        let net = Arc::new(Mutex::new(devices::virtio::net::VirtioNet::new(
+            tap,
+            mac,
+            mem.clone(),
+        )));
+        let for_handler = net.clone();
+        cmdline.push(attach_virtio_mmio(
+            vm,
+            mem,
+            alloc,
+            devices,
+            VirtioMmioDevice {
+                name: "a network interface",
+                device: net,
+                handler: Box::new(move |kicks| {
+                    let mut k = kicks.into_iter();
+                    let rx = k.next().expect("virtio-net has a receive queue");
+                    let tx = k.next().expect("virtio-net has a transmit queue");
+                    Arc::new(Mutex::new(devices::virtio::net::NetHandler::new(
+                        for_handler,
+                        rx,
+                        tx,
+                    )))
+                }),
+            },
+        )?);
+    }
+    Ok(cmdline)
 }
 
 /// Attaches one virtio-blk device per disk, `/dev/vda` first; returns the command-line

@@ -231,7 +231,7 @@ impl Vm {
         if snap.vcpus.len() != usize::from(config.vcpus) || snap.vcpus.is_empty() {
             return Err(Error::SnapshotMismatch("the number of vCPUs".into()));
         }
-        if snap.transports.len() != config.disks.len() {
+        if snap.transports.len() != config.disks.len() + config.nets.len() {
             return Err(Error::SnapshotMismatch("the number of disks".into()));
         }
         let config_validated = Instant::now();
@@ -456,7 +456,14 @@ fn build_devices(
     )?;
     create_boot_timer(control, &mut devices)?;
     let mut mmio_alloc = crate::device_manager::MmioAllocator::new();
-    let cmdline = create_block_devices(vm, mem, &mut mmio_alloc, &config.disks, &mut devices)?;
+    let mut cmdline = create_block_devices(vm, mem, &mut mmio_alloc, &config.disks, &mut devices)?;
+    cmdline.extend(crate::device_manager::create_net_devices(
+        vm,
+        mem,
+        &mut mmio_alloc,
+        &config.nets,
+        &mut devices,
+    )?);
     Ok((devices, console_in_writer, cmdline))
 }
 

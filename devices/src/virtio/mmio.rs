@@ -476,7 +476,9 @@ mod tests {
             state: &crate::virtio::VirtioDeviceState,
             _interrupt: VirtioInterrupt,
         ) -> Result<(), super::super::ActivateError> {
-            let crate::virtio::VirtioDeviceState::Block(s) = state;
+            let crate::virtio::VirtioDeviceState::Block(s) = state else {
+                return Err(super::super::ActivateError::BadState("kind"));
+            };
             self.restored = Some(s.serial.clone());
             Ok(())
         }

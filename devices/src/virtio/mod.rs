@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct QueueSnapshot(#[serde(with = "QueueStateDef")] pub virtio_queue::Queu
 pub enum VirtioDeviceState {
     /// virtio-blk.
     Block(block::BlockState),
+    /// virtio-net.
+    Net(net::NetState),
 }
 
 /// Errors activating a device.

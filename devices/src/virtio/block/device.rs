@@ -314,7 +314,9 @@ impl VirtioDevice for VirtioBlock {
         state: &crate::virtio::VirtioDeviceState,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
-        let crate::virtio::VirtioDeviceState::Block(s) = state;
+        let crate::virtio::VirtioDeviceState::Block(s) = state else {
+            return Err(ActivateError::BadState("not a disk's state"));
+        };
         if s.sectors != self.disk.sectors || s.read_only != self.disk.read_only {
             return Err(ActivateError::BadState("the disk's size or mode changed"));
         }

@@ -1,0 +1,505 @@
+//! The virtio-net device model: features, configuration space (MAC, link status), and the
+//! receive and transmit paths the [`super::NetHandler`] runs on the event-loop thread.
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::tap::{Tap, VNET_HDR_LEN};
+use super::QUEUE_SIZE;
+use crate::virtio::{
+    ActivateError, GuestMemoryMmap, VirtioDevice, VirtioDeviceState, VirtioInterrupt, INT_VRING,
+};
+
+/// The largest frame: a 64 KiB packet with its Ethernet and virtio-net headers.
+pub const FRAME_MAX: usize = VNET_HDR_LEN + 65_550;
+/// Frames moved per event before the event loop serves others.
+const BATCH: usize = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+
+/// A virtio-net device's state as plain data.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetState {
+    /// The TAP's name (reopened on restore from the configuration).
+    pub tap: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Receive and transmit queues while active.
+    pub queues: Option<[crate::virtio::QueueSnapshot; 2]>,
+    /// Frames dropped because they did not fit the guest's buffer.
+    pub rx_dropped: u64,
+}
+
+struct Active {
+    rx: Queue,
+    tx: Queue,
+    interrupt: VirtioInterrupt,
+}
+
+/// What a receive pass ended on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// The TAP has no more frames.
+    Drained,
+    /// A frame waits and the guest has posted no buffer: stop watching the TAP until it does.
+    NoBuffers,
+    /// The batch limit: come back.
+    More,
+}
+
+/// What a transmit pass ended on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxOutcome {
+    /// Every available frame went out.
+    Done,
+    /// The TAP is full: retry when it is writable (nothing is lost).
+    Blocked,
+    /// The batch limit: come back.
+    More,
+}
+
+/// A virtio-net device on a TAP.
+pub struct VirtioNet {
+    tap: Tap,
+    mem: GuestMemoryMmap,
+    mac: [u8; 6],
+    config: [u8; 8],
+    active: Option<Active>,
+    rx_frame: Vec<u8>,
+    rx_len: usize,
+    tx_frame: Vec<u8>,
+    /// A frame the TAP refused with EAGAIN, and the chain it came from.
+    tx_pending: Option<u16>,
+    rx_dropped: u64,
+}
+
+impl VirtioNet {
+    /// A device on `tap` with address `mac`.
+    pub fn new(tap: Tap, mac: [u8; 6], mem: GuestMemoryMmap) -> Self {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        Self {
+            tap,
+            mem,
+            mac,
+            config,
+            active: None,
+            rx_frame: vec![0; FRAME_MAX],
+            rx_len: 0,
+            tx_frame: Vec::with_capacity(FRAME_MAX),
+            tx_pending: None,
+            rx_dropped: 0,
+        }
+    }
+
+    /// The TAP's descriptor, for the event loop.
+    pub fn tap_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.tap)
+    }
+
+    /// Frames dropped because they did not fit the buffer the guest gave.
+    pub fn rx_dropped(&self) -> u64 {
+        self.rx_dropped
+    }
+
+    fn notify(&mut self, queue: usize) {
+        let mem = &self.mem;
+        if let Some(a) = self.active.as_mut() {
+            let q = if queue == RX { &mut a.rx } else { &mut a.tx };
+            if q.needs_notification(mem).unwrap_or(true) {
+                let _ = a.interrupt.trigger(INT_VRING);
+            }
+        }
+    }
+
+    /// Moves frames from the TAP into the guest's receive buffers.
+    pub fn process_rx(&mut self) -> RxOutcome {
+        let mut delivered = false;
+        let mut outcome = RxOutcome::More;
+        for _ in 0..BATCH {
+            if self.rx_len == 0 {
+                match self.tap.read_frame(&mut self.rx_frame) {
+                    Ok(n) if n > VNET_HDR_LEN => self.rx_len = n,
+                    Ok(_) => continue, // a runt: nothing to deliver
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        outcome = RxOutcome::Drained;
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::debug!("net: TAP read: {e}");
+                        outcome = RxOutcome::Drained;
+                        break;
+                    }
+                }
+            }
+            let Some(a) = self.active.as_mut() else {
+                self.rx_len = 0; // not running: the frame goes nowhere
+                continue;
+            };
+            let Some(chain) = a.rx.pop_descriptor_chain(&self.mem) else {
+                outcome = RxOutcome::NoBuffers;
+                break;
+            };
+            let head = chain.head_index();
+            // One frame per chain (no mergeable buffers): num_buffers is 1.
+            self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let frame = &self.rx_frame[..self.rx_len];
+            let mut written = 0usize;
+            let mut ok = true;
+            for d in chain {
+                if written == frame.len() {
+                    break;
+                }
+                if !d.is_write_only() {
+                    ok = false;
+                    break;
+                }
+                let n = (d.len() as usize).min(frame.len() - written);
+                if self
+                    .mem
+                    .write_slice(&frame[written..written + n], GuestAddress(d.addr().0))
+                    .is_err()
+                {
+                    ok = false;
+                    break;
+                }
+                written += n;
+            }
+            let used = if ok && written == frame.len() {
+                written as u32
+            } else {
+                self.rx_dropped += 1;
+                0
+            };
+            self.rx_len = 0;
+            if a.rx.add_used(&self.mem, head, used).is_err() {
+                break;
+            }
+            delivered = true;
+        }
+        if delivered {
+            self.notify(RX);
+        }
+        outcome
+    }
+
+    /// Sends the guest's transmit chains to the TAP.
+    pub fn process_tx(&mut self) -> TxOutcome {
+        let mut completed = false;
+        let mut outcome = TxOutcome::More;
+        for _ in 0..BATCH {
+            let Some(a) = self.active.as_mut() else {
+                outcome = TxOutcome::Done;
+                break;
+            };
+            let head = match self.tx_pending {
+                Some(h) => h,
+                None => {
+                    let Some(chain) = a.tx.pop_descriptor_chain(&self.mem) else {
+                        outcome = TxOutcome::Done;
+                        break;
+                    };
+                    let head = chain.head_index();
+                    self.tx_frame.clear();
+                    let mut ok = true;
+                    for d in chain {
+                        let len = d.len() as usize;
+                        if d.is_write_only() || self.tx_frame.len() + len > FRAME_MAX {
+                            ok = false;
+                            break;
+                        }
+                        let start = self.tx_frame.len();
+                        self.tx_frame.resize(start + len, 0);
+                        if self
+                            .mem
+                            .read_slice(&mut self.tx_frame[start..], GuestAddress(d.addr().0))
+                            .is_err()
+                        {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok || self.tx_frame.len() <= VNET_HDR_LEN {
+                        // Malformed: consumed and dropped.
+                        self.tx_frame.clear();
+                        let _ = a.tx.add_used(&self.mem, head, 0);
+                        completed = true;
+                        continue;
+                    }
+                    head
+                }
+            };
+            match self.tap.write_frame(&self.tx_frame) {
+                Ok(_) => {
+                    self.tx_pending = None;
+                    if let Some(a) = self.active.as_mut() {
+                        let _ = a.tx.add_used(&self.mem, head, 0);
+                    }
+                    completed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.tx_pending = Some(head);
+                    outcome = TxOutcome::Blocked;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    self.tx_pending = Some(head);
+                }
+                Err(e) => {
+                    // The interface refused this frame (down, too large): dropped, not stuck.
+                    log::debug!("net: TAP write: {e}");
+                    self.tx_pending = None;
+                    if let Some(a) = self.active.as_mut() {
+                        let _ = a.tx.add_used(&self.mem, head, 0);
+                    }
+                    completed = true;
+                }
+            }
+        }
+        if completed {
+            self.notify(TX);
+        }
+        outcome
+    }
+}
+
+impl VirtioDevice for VirtioNet {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        log::debug!("net: ignored configuration write at {offset:#x}");
+    }
+
+    fn activate(
+        &mut self,
+        _features: u64,
+        queues: Vec<Queue>,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError> {
+        let mut it = queues.into_iter();
+        let rx = it.next().ok_or(ActivateError::BadQueue(RX))?;
+        let tx = it.next().ok_or(ActivateError::BadQueue(TX))?;
+        self.active = Some(Active { rx, tx, interrupt });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.tx_pending = None;
+        self.rx_len = 0;
+    }
+
+    fn state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Net(NetState {
+            tap: self.tap.name().to_string(),
+            mac: self.mac,
+            queues: self.active.as_ref().map(|a| {
+                [
+                    crate::virtio::QueueSnapshot(a.rx.state()),
+                    crate::virtio::QueueSnapshot(a.tx.state()),
+                ]
+            }),
+            rx_dropped: self.rx_dropped,
+        })
+    }
+
+    fn restore(
+        &mut self,
+        state: &VirtioDeviceState,
+        interrupt: VirtioInterrupt,
+    ) -> Result<(), ActivateError> {
+        let VirtioDeviceState::Net(s) = state else {
+            return Err(ActivateError::BadState("not a network device's state"));
+        };
+        if s.mac != self.mac {
+            return Err(ActivateError::BadState("another MAC address"));
+        }
+        self.rx_dropped = s.rx_dropped;
+        self.active = match &s.queues {
+            None => None,
+            Some([rx, tx]) => {
+                let rx = Queue::try_from(rx.0).map_err(|_| ActivateError::BadQueue(RX))?;
+                let tx = Queue::try_from(tx.0).map_err(|_| ActivateError::BadQueue(TX))?;
+                if !rx.is_valid(&self.mem) || !tx.is_valid(&self.mem) {
+                    return Err(ActivateError::BadQueue(RX));
+                }
+                Some(Active { rx, tx, interrupt })
+            }
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::EventFd;
+
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    struct Rig {
+        mem: GuestMemoryMmap,
+        dev: VirtioNet,
+        host: std::fs::File,
+        rx: MockSplitQueue<'static, GuestMemoryMmap>,
+        tx: MockSplitQueue<'static, GuestMemoryMmap>,
+    }
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    fn rig() -> Rig {
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("memory"),
+        ));
+        let (tap, host) = Tap::pair();
+        let mut dev = VirtioNet::new(tap, [6, 0, 0, 0, 0, 1], mem.clone());
+        let rx = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(mem, GuestAddress(0x10000), 16);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        dev.activate(
+            1 << VIRTIO_F_VERSION_1,
+            vec![
+                rx.create_queue().expect("rx"),
+                tx.create_queue().expect("tx"),
+            ],
+            VirtioInterrupt::new(irq),
+        )
+        .expect("activate");
+        Rig {
+            mem: mem.clone(),
+            dev,
+            host,
+            rx,
+            tx,
+        }
+    }
+
+    fn used(q: &MockSplitQueue<'static, GuestMemoryMmap>) -> Vec<(u32, u32)> {
+        let n = q.used().idx().load();
+        (0..n)
+            .map(|i| {
+                let e = q.used().ring().ref_at(i as usize).expect("used").load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_goes_out_whatever_its_descriptor_layout() {
+        let mut r = rig();
+        let frame: Vec<u8> = (0..100u8).collect();
+        r.mem
+            .write_slice(&frame[..30], GuestAddress(0x40000))
+            .expect("w");
+        r.mem
+            .write_slice(&frame[30..], GuestAddress(0x50000))
+            .expect("w");
+        r.tx.add_desc_chains(&[d(0x40000, 30, NEXT, 1), d(0x50000, 70, 0, 0)], 0)
+            .expect("chain");
+        assert_eq!(r.dev.process_tx(), TxOutcome::Done);
+        let mut got = vec![0u8; 200];
+        let n = r.host.read(&mut got).expect("frame");
+        assert_eq!(&got[..n], &frame[..]);
+        assert_eq!(used(&r.tx), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn malformed_transmit_chains_are_dropped_not_sent() {
+        let mut r = rig();
+        // A device-writable descriptor, one outside RAM, and one too short for a header.
+        r.tx.add_desc_chains(
+            &[
+                d(0x40000, 64, WRITE, 0),
+                d(0x7fff_0000_0000, 64, 0, 0),
+                d(0x40000, 4, 0, 0),
+            ],
+            0,
+        )
+        .expect("chains");
+        assert_eq!(r.dev.process_tx(), TxOutcome::Done);
+        let mut got = [0u8; 64];
+        assert!(r.host.read(&mut got).is_err(), "nothing sent");
+        assert_eq!(used(&r.tx).len(), 3, "every chain is given back");
+    }
+
+    #[test]
+    fn a_received_frame_gets_num_buffers_and_one_that_does_not_fit_is_dropped_and_counted() {
+        let mut r = rig();
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend((0..60u8).map(|b| b ^ 0x5a));
+        r.host.write_all(&frame).expect("to the guest");
+        // No buffers posted: the frame waits.
+        assert_eq!(r.dev.process_rx(), RxOutcome::NoBuffers);
+        r.rx.add_desc_chains(
+            &[d(0x40000, 40, WRITE | NEXT, 1), d(0x50000, 100, WRITE, 0)],
+            0,
+        )
+        .expect("buffers");
+        assert_eq!(r.dev.process_rx(), RxOutcome::Drained);
+        assert_eq!(used(&r.rx), vec![(0, frame.len() as u32)]);
+        let mut back = vec![0u8; frame.len()];
+        r.mem
+            .read_slice(&mut back[..40], GuestAddress(0x40000))
+            .expect("r");
+        r.mem
+            .read_slice(&mut back[40..], GuestAddress(0x50000))
+            .expect("r");
+        assert_eq!(&back[10..12], &1u16.to_le_bytes(), "num_buffers");
+        assert_eq!(&back[VNET_HDR_LEN..], &frame[VNET_HDR_LEN..]);
+        // A frame larger than the next buffer: dropped, counted, never cut.
+        r.host.write_all(&vec![1u8; 1500]).expect("big");
+        r.rx.add_desc_chains(&[d(0x60000, 100, WRITE, 0)], 0)
+            .expect("small buffer");
+        r.dev.process_rx();
+        assert_eq!(r.dev.rx_dropped(), 1);
+        assert_eq!(used(&r.rx)[1], (0, 0));
+    }
+
+    #[test]
+    fn a_reset_device_forgets_its_queues_and_frames() {
+        let mut r = rig();
+        r.host.write_all(&[0u8; 64]).expect("frame");
+        assert_eq!(r.dev.process_rx(), RxOutcome::NoBuffers);
+        r.dev.reset();
+        assert_eq!(r.dev.process_rx(), RxOutcome::Drained);
+        assert_eq!(r.dev.process_tx(), TxOutcome::Done);
+        let st = r.dev.state();
+        let VirtioDeviceState::Net(s) = st else {
+            panic!("net state")
+        };
+        assert!(s.queues.is_none());
+    }
+}
