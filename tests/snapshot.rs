@@ -39,6 +39,17 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// An error and its sources on one line, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    s
+}
+
 fn end(mut vm: VmHandle) -> ExitReason {
     vm.wait_timeout(T).expect("the VM ends").reason
 }
@@ -169,15 +180,7 @@ fn damaged_or_unfitting_snapshots_are_refused_before_anything_runs() {
     let restore_err = |dir: &std::path::Path| -> String {
         match Vm::restore(dir, captured().0) {
             Ok(_) => panic!("a bad snapshot was restored"),
-            Err(e) => {
-                let mut s = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(c) = src {
-                    s.push_str(&format!(": {c}"));
-                    src = c.source();
-                }
-                s
-            }
+            Err(e) => chain(&e),
         }
     };
     let copy = |name: &str| {
@@ -408,12 +411,7 @@ fn clones_cannot_share_a_read_write_disk() {
     match Vm::restore(&dir, captured().0) {
         Ok(_) => panic!("two VMs write one disk"),
         Err(e) => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(c) = src {
-                s.push_str(&format!(": {c}"));
-                src = c.source();
-            }
+            let s = chain(&e);
             assert!(s.contains("in use by another VM or process"), "{s}");
         }
     }

@@ -534,26 +534,8 @@ mod tests {
         assert_eq!(all, written, "reading every page finds the same data");
         assert_eq!(written, PAGE as u64, "one non-zero page");
         assert_eq!(records.iter().map(|r| r.size).sum::<u64>(), 8 << 20);
-        let snap = Snapshot {
-            config_json: String::new(),
-            cpu_vendor: host_cpu_vendor(),
-            clock: Default::default(),
-            vcpus: Vec::new(),
-            ioapic: devices::legacy::IoapicState {
-                id: 0,
-                select: 0,
-                entries: Vec::new(),
-            },
-            serial: devices::legacy::serial::SerialDeviceState {
-                uart: Default::default(),
-                held: Vec::new(),
-                lcr: 0,
-                mcr: 0,
-            },
-            i8042: Default::default(),
-            transports: Vec::new(),
-            memory: records,
-        };
+        let mut snap = empty_snapshot(&host_cpu_vendor(), Vec::new());
+        snap.memory = records;
         let back = map_memory(&dir, &snap).expect("map");
         let v: u32 = back
             .read_obj(vm_memory::GuestAddress(0x1000))

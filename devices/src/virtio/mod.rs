@@ -98,6 +98,19 @@ pub enum VirtioDeviceState {
     Net(net::NetState),
 }
 
+/// Reads `data.len()` bytes of a device's configuration space `config` at `offset`; bytes
+/// past its end read as zero (a guest may read anywhere in the window).
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// Errors activating a device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ActivateError {
