@@ -46,12 +46,9 @@ impl Drop for Netns {
     }
 }
 
-#[test]
-fn the_guest_answers_ping_through_virtio_net_with_small_and_fragmented_packets() {
-    if !require_kvm() || !require_root() {
-        return;
-    }
-    let ns = Netns(format!("ember-net-{}", std::process::id()));
+/// A private namespace with `tap0` at 172.30.77.1/24, up.
+fn netns_with_tap(tag: &str) -> Netns {
+    let ns = Netns(format!("ember-{tag}-{}", std::process::id()));
     sh(&["ip", "netns", "add", &ns.0]);
     sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
     sh(&[
@@ -68,7 +65,58 @@ fn the_guest_answers_ping_through_virtio_net_with_small_and_fragmented_packets()
         "tap0",
     ]);
     sh(&["ip", "-n", &ns.0, "link", "set", "tap0", "up"]);
+    ns
+}
 
+#[test]
+fn a_hostile_guest_scribbling_over_the_network_card_does_not_hurt_ember() {
+    if !require_kvm() || !require_root() {
+        return;
+    }
+    let ns = netns_with_tap("hostile");
+    let disk = common::sparse_file("net-hostile.img", 1 << 20);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, ember_bin()])
+        .args([
+            "--kernel",
+            common::blk_guest().to_str().expect("utf-8"),
+            "--memory",
+            "64M",
+            "--cmdline",
+            "action=hostile",
+            "--disk",
+            disk.to_str().expect("utf-8"),
+            "--net",
+            "tap=tap0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = common::output_within(child, Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("hostile: other devices=1\n"),
+        "the network card was scribbled over: {stdout}"
+    );
+    assert!(stdout.contains("hostile: disk0 good status=0"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.lines().count() < 40,
+        "the guest flooded the log:\n{stderr}"
+    );
+    let _ = std::fs::remove_file(disk);
+}
+
+#[test]
+fn the_guest_answers_ping_through_virtio_net_with_small_and_fragmented_packets() {
+    if !require_kvm() || !require_root() {
+        return;
+    }
+    let ns = netns_with_tap("ping");
     let (vmlinux, _) = guest_kernel();
     let cmdline = format!(
         "{} ip=172.30.77.2::172.30.77.1:255.255.255.0::eth0:off",

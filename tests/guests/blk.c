@@ -81,8 +81,9 @@
  *     irq: other=<n>                              (interrupts on any other vector: expect 0)
  *   exit 0 if the counts are 1, 2, 1, 0 and the read succeeded, else 1.
  * action=timer count=N: local APIC timer interrupts counted, "tick <n>" every 10, exit 0.
- * action=hostile scribbles over every I/O port, the MMIO gap and every disk's virtio-mmio
- * window and queues (see scribble_device), then per disk resets it, reads sector 0 and prints
+ * action=hostile scribbles over every I/O port, the MMIO gap, the registers of every other
+ * virtio-mmio device (a network card) and every disk's virtio-mmio window and queues (see
+ * scribble_device), then per disk resets it, reads sector 0 and prints
  * "hostile: disk<N> good status=<n> fnv1a64=<hex>" (FNV-1a of those 4096 bytes).
  * Requests: one in flight at a time, polled (avail flags VRING_AVAIL_F_NO_INTERRUPT); a chain is
  * header (16 B) + data in 64 KiB segments (fewer if the device offers SIZE_MAX/SEG_MAX or the
@@ -359,6 +360,10 @@ static u64 seconds_to_cycles(u64 s, u64 unknown_cycles) {
 
 static struct disk disks[MAX_DISKS];
 static int ndisks;
+/* Other virtio-mmio devices (not block), for action=hostile. */
+#define MAX_OTHERS 8
+static u64 others[MAX_OTHERS];
+static int nothers;
 static u64 req_timeout;
 
 static u64 config_read64(u64 base, u32 off) {
@@ -462,7 +467,10 @@ static void probe(void) {
         }
         if (mmio_read(base, VM_MAGIC) != 0x74726976) fail("bad magic");
         if (mmio_read(base, VM_VERSION) != 2) fail("virtio-mmio version is not 2");
-        if (mmio_read(base, VM_DEVICE_ID) != 2) continue;
+        if (mmio_read(base, VM_DEVICE_ID) != 2) {
+            if (nothers < MAX_OTHERS) others[nothers++] = base;
+            continue;
+        }
         if (ndisks == MAX_DISKS) break;
         disks[ndisks].irq = irq;
         disks[ndisks++].base = base;
@@ -835,8 +843,7 @@ static u64 rnd(void) {
    at every offset of its 4 KiB window (registers, config space and past both), bogus ring
    addresses and queue sizes, notifications of queues that do not exist, status writes out of
    order, descriptor cycles, absurd lengths and an avail index far ahead of the queue. */
-static void scribble_device(struct disk *d) {
-    u64 base = d->base;
+static void scribble_registers(u64 base) {
     for (int round = 0; round < 2; round++) {
         for (u32 off = 0; off < 0x1000; off += 4) {
             mmio_write(base, off, (u32)rnd());
@@ -870,6 +877,17 @@ static void scribble_device(struct disk *d) {
     mmio_write(base, VM_STATUS, 0xff);
     for (u32 q = 0; q < 8; q++) mmio_write(base, VM_QUEUE_NOTIFY, q); /* queues that do not exist */
     mmio_write(base, VM_QUEUE_NOTIFY, 0xffffffff);
+    /* Config space writes and reads past the end. */
+    for (u32 off = 0x100; off < 0x1000; off += 4) {
+        mmio_write(base, off, 0xdeadbeef);
+        (void)mmio_read(base, off);
+    }
+    mmio_write(base, VM_STATUS, 0); /* reset */
+}
+
+static void scribble_device(struct disk *d) {
+    u64 base = d->base;
+    scribble_registers(base);
 
     /* A valid queue, then hostile chains. */
     disk_init(d, (int)(d - disks));
@@ -918,6 +936,10 @@ static void scribble_ports(void) {
 
 static void action_hostile(void) {
     scribble_ports();
+    for (int i = 0; i < nothers; i++) scribble_registers(others[i]);
+    puts("hostile: other devices=");
+    put_dec((u64)nothers);
+    putc('\n');
     for (int i = 0; i < ndisks; i++) scribble_device(&disks[i]);
     for (int i = 0; i < ndisks; i++) {
         struct disk *d = get_disk((u64)i);
