@@ -46,8 +46,15 @@ impl Drop for Netns {
     }
 }
 
-/// A private namespace with `tap0` at 172.30.77.1/24, up.
+/// A private namespace with `tap0` at 172.30.77.1/24, up. Installs `ip` and `ping` first on a
+/// machine that lacks them (as the artefact builders install theirs).
 fn netns_with_tap(tag: &str) -> Netns {
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lib.sh");
+    sh(&[
+        "bash",
+        "-c",
+        &format!("source {lib} && ensure_packages iproute2 iputils-ping"),
+    ]);
     let ns = Netns(format!("ember-{tag}-{}", std::process::id()));
     sh(&["ip", "netns", "add", &ns.0]);
     sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
