@@ -94,6 +94,15 @@ pub enum ConfigError {
     /// A disk serial longer than GET_ID can return.
     #[error("Disk serial '{0}' is longer than 20 bytes")]
     DiskSerial(String),
+    /// A `--vsock` value that does not parse.
+    #[error("Invalid vsock device '{0}': use cid=N,socket=PATH")]
+    VsockSyntax(String),
+    /// A guest CID that is reserved.
+    #[error("Invalid vsock guest CID {0}: use 3 to 4294967294 (0-2 and -1 are reserved)")]
+    VsockCid(u64),
+    /// A vsock socket path too long for a Unix socket address (with `_PORT` appended).
+    #[error("vsock socket path {0} is too long for a Unix socket (at most 96 bytes)")]
+    VsockPath(PathBuf),
     /// The command line holds a NUL or a non-ASCII byte.
     #[error("The kernel command line may only hold printable ASCII")]
     CmdlineChars,
@@ -199,6 +208,56 @@ impl NetConfig {
     }
 }
 
+/// A virtio-vsock device whose host side is a Unix socket, as Firecracker's: a host process
+/// connects to `socket` and writes `CONNECT <port>\n` to reach guest port `port`; a guest
+/// connection to host port `P` becomes a connection to `<socket>_P`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u32,
+    /// The Unix socket Ember listens on (created at start, removed when the VM ends; it must
+    /// not exist).
+    pub socket: PathBuf,
+}
+
+/// Longest vsock socket path: a `sockaddr_un` holds 107 bytes, less `_4294967295`.
+pub const VSOCK_PATH_MAX: usize = 96;
+
+impl VsockConfig {
+    /// Parses the CLI form `cid=N,socket=PATH`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::VsockSyntax(spec.to_string());
+        let mut cid = None;
+        let mut socket = None;
+        for opt in spec.split(',') {
+            match opt.split_once('=') {
+                Some(("cid", v)) => cid = Some(v.parse::<u64>().map_err(|_| bad())?),
+                Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+                _ => return Err(bad()),
+            }
+        }
+        let cid = cid.ok_or_else(bad)?;
+        let v = VsockConfig {
+            cid: u32::try_from(cid).map_err(|_| ConfigError::VsockCid(cid))?,
+            socket: socket.ok_or_else(bad)?,
+        };
+        v.validate()?;
+        Ok(v)
+    }
+
+    /// Checks the CID and the path's length.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cid < 3 || self.cid == u32::MAX {
+            return Err(ConfigError::VsockCid(u64::from(self.cid)));
+        }
+        if self.socket.as_os_str().len() > VSOCK_PATH_MAX {
+            return Err(ConfigError::VsockPath(self.socket.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// Everything needed to build a VM. Deserializable (JSON, ...) with unknown fields refused;
 /// `memory` takes bytes as a number or a size string such as `"512M"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +286,9 @@ pub struct VmConfig {
     /// virtio-net interfaces, in the order the guest sees them (eth0, eth1, ...).
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// A command for the project's initramfs init to run (see [`crate::command`]); the VM's
     /// exit status is then the command's.
     #[serde(default)]
@@ -290,6 +352,7 @@ impl VmConfig {
             pvm: PvmMode::Auto,
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             command: None,
             wait_for_command: false,
             console_marker: None,
@@ -359,7 +422,10 @@ impl VmConfig {
         for (i, n) in self.nets.iter().enumerate() {
             n.mac_bytes(i)?;
         }
-        if self.disks.len() + self.nets.len() > MAX_DISKS {
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
+        if self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some()) > MAX_DISKS {
             return Err(ConfigError::TooManyDisks(self.disks.len()));
         }
         for d in &self.disks {
@@ -435,6 +501,15 @@ impl VmConfigBuilder {
         self.0.nets.push(NetConfig {
             tap: tap.into(),
             mac,
+        });
+        self
+    }
+
+    /// Adds the virtio-vsock device: guest CID `cid`, host side on the Unix socket `socket`.
+    pub fn vsock(mut self, cid: u32, socket: impl Into<PathBuf>) -> Self {
+        self.0.vsock = Some(VsockConfig {
+            cid,
+            socket: socket.into(),
         });
         self
     }
