@@ -19,13 +19,13 @@ ensure_packages() {
         || die "apt-get install ${need[*]} failed"
 }
 
-# build_init: compiles the guest init (resources/initramfs/init.c) statically with musl and
-# prints the path of the binary, cached in ~/.cache/ember/init-<key> (key: the source, the
-# musl version and this function's flags).
-build_init() {
-    local here src cache key out tmp
+# build_static NAME: compiles resources/initramfs/NAME.c statically with musl and prints the
+# path of the binary, cached in ~/.cache/ember/NAME-<key> (key: the source, the musl version
+# and this function's flags). The guest's init is `build_static init`.
+build_static() {
+    local name="$1" here src cache key out tmp
     here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    src="$here/initramfs/init.c"
+    src="$here/initramfs/$name.c"
     cache="${EMBER_CACHE_DIR:-$HOME/.cache/ember}"
     ensure_packages musl-tools
     local flags=(-static -Os -s -Wall -Wextra -Werror -fno-asynchronous-unwind-tables)
@@ -36,13 +36,18 @@ build_init() {
             cat "$src"
         } | sha256sum | cut -c1-16
     )"
-    out="$cache/init-$key"
+    out="$cache/$name-$key"
     if [[ ! -x $out ]]; then
         mkdir -p "$cache"
-        tmp="$(mktemp "$cache/.init-$key.XXXXXX")"
+        tmp="$(mktemp "$cache/.$name-$key.XXXXXX")"
         musl-gcc "${flags[@]}" -o "$tmp" "$src" >&2 || { rm -f "$tmp"; die "cannot compile $src"; }
         chmod 0755 "$tmp"
         mv -f "$tmp" "$out"
     fi
     printf '%s\n' "$out"
+}
+
+# build_init: the guest's init (see build_static).
+build_init() {
+    build_static init
 }

@@ -44,9 +44,13 @@ struct Cli {
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk", "net"]
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk", "net", "vsock"]
     )]
     restore: Option<PathBuf>,
+    /// With --restore: the vsock device's host socket instead of the snapshot's (each clone
+    /// of a snapshot needs its own).
+    #[arg(long, value_name = "PATH", requires = "restore")]
+    vsock_socket: Option<PathBuf>,
     /// Initramfs (cpio, optionally compressed) for the guest.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -67,6 +71,11 @@ struct Cli {
     /// the guest sees eth0, eth1, ... in order. Ember configures nothing on the host.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<String>,
+    /// A virtio-vsock device, `cid=N,socket=PATH`: host processes connect to PATH and write
+    /// `CONNECT <port>` to reach guest port <port>; guest connections to host port P go to
+    /// PATH_P (Firecracker's protocol). PATH must not exist; it is removed at exit.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    vsock: Option<String>,
     /// PVM compatibility CPU model and guest options: auto (on kvm-pvm hosts), on, off.
     #[arg(long, value_enum, default_value_t = PvmArg::Auto)]
     pvm: PvmArg,
@@ -219,9 +228,16 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         .map(|n| vmm::NetConfig::parse(n))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error_chain(&e))?;
+    let vsock = cli
+        .vsock
+        .as_deref()
+        .map(vmm::VsockConfig::parse)
+        .transpose()
+        .map_err(|e| error_chain(&e))?;
     let config = VmConfig {
         disks,
         nets,
+        vsock,
         // A snapshot without a command waits for one from each restore.
         wait_for_command: cli.snapshot.is_some() && cli.command.is_empty(),
         command: (cli.restore.is_none() && !cli.command.is_empty()).then_some(cli.command),
@@ -278,6 +294,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
                 command: restore_command,
                 seccomp: config.seccomp,
                 console_marker: config.console_marker.clone(),
+                vsock_socket: cli.vsock_socket.clone(),
             },
         ),
         None => Vm::start_with_console(config, console),

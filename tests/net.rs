@@ -82,6 +82,8 @@ fn a_hostile_guest_scribbling_over_the_network_card_does_not_hurt_ember() {
     }
     let ns = netns_with_tap("hostile");
     let disk = common::sparse_file("net-hostile.img", 1 << 20);
+    let dir = common::TempDir::new("net-hostile");
+    let vsock = dir.0.join("v.sock");
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.0, ember_bin()])
         .args([
@@ -95,6 +97,8 @@ fn a_hostile_guest_scribbling_over_the_network_card_does_not_hurt_ember() {
             disk.to_str().expect("utf-8"),
             "--net",
             "tap=tap0",
+            "--vsock",
+            &format!("cid=3,socket={}", vsock.display()),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -106,8 +110,8 @@ fn a_hostile_guest_scribbling_over_the_network_card_does_not_hurt_ember() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("hostile: other devices=1\n"),
-        "the network card was scribbled over: {stdout}"
+        stdout.contains("hostile: other devices=2\n"),
+        "the network card and the vsock device were scribbled over: {stdout}"
     );
     assert!(stdout.contains("hostile: disk0 good status=0"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");

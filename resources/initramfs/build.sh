@@ -4,7 +4,8 @@
 #   resources/initramfs/build.sh [--gzip | --uncompressed]
 #                                (or EMBER_INITRAMFS_COMPRESS=gzip|none)
 #
-# Contents: /init (resources/initramfs/init.c, a small static program),
+# Contents: /init (resources/initramfs/init.c, a small static program), /bin/xfer (xfer.c,
+# the guest side of the network and vsock tests),
 # /bin/busybox (from Debian's busybox-static), /bin/sh, /etc/busybox-applets
 # (the applet names, for init to run a command such as `ls` that has no link)
 # and the usual empty mount points. Nothing else: every archive entry and every
@@ -16,7 +17,7 @@
 # .cpio.gz.
 #
 # Cached in ~/.cache/ember/initramfs-<key>.cpio[.gz], <key> = first 16 hex
-# digits of sha256 over the init binary, this script, the busybox-static version and
+# digits of sha256 over the init and xfer binaries, this script, the busybox-static version and
 # the compression. Progress goes to stderr; the last stdout line is the path
 # of the archive.
 set -euo pipefail
@@ -43,6 +44,7 @@ source "$HERE/../lib.sh"
 
 ensure_packages busybox-static cpio gzip
 INIT="$(build_init)"
+XFER="$(build_static xfer)"
 
 BUSYBOX="$(dpkg-query -L busybox-static | grep -E '/s?bin/busybox$' | head -n1)"
 [[ -x $BUSYBOX ]] || die "busybox-static binary not found"
@@ -52,6 +54,7 @@ KEY="$(
     {
         printf 'busybox-static %s\ncompress %s\n' "$BB_VERSION" "$COMPRESS"
         printf '== init\n'; cat "$INIT"
+        printf '== xfer\n'; cat "$XFER"
         printf '== build.sh\n'; cat "$SELF"
     } | sha256sum | cut -c1-16
 )"
@@ -76,6 +79,7 @@ install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
 "$BUSYBOX" --list-full | grep -qx 'bin/sh' || die "busybox has no sh applet"
 ln -s busybox "$ROOT/bin/sh"
 install -m 0755 "$INIT" "$ROOT/init"
+install -m 0755 "$XFER" "$ROOT/bin/xfer"
 "$BUSYBOX" --list >"$ROOT/etc/busybox-applets"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOT/etc/passwd"
 printf 'root:x:0:\n' >"$ROOT/etc/group"

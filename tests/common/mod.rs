@@ -212,3 +212,109 @@ impl ChildExt for std::process::Child {
         output_within(self, WAIT_LIMIT)
     }
 }
+
+/// A running `ember` (or any child) whose stdout, the guest's console, is collected as it
+/// comes; killed when dropped.
+pub struct ConsoleChild {
+    /// The child.
+    pub child: std::process::Child,
+    console: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConsoleChild {
+    /// Spawns `cmd` with stdout piped (stdin null, stderr piped).
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
+        use std::io::Read;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut out = child.stdout.take().expect("stdout");
+        let console = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let c = console.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                c.lock()
+                    .expect("console")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            child,
+            console,
+            reader: Some(reader),
+        }
+    }
+
+    /// The console so far.
+    pub fn text(&self) -> String {
+        self.console.lock().expect("console").clone()
+    }
+
+    /// Waits until the console shows `needle`; fails the test (with the console) if the
+    /// child ends first or `timeout` passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.text();
+            if text.contains(needle) {
+                return text;
+            }
+            let ended = self.child.try_wait().expect("wait").is_some();
+            assert!(
+                !ended && Instant::now() < deadline,
+                "no {needle:?} on the console ({}):\n{text}",
+                if ended { "the VM ended" } else { "timed out" }
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the child's end within `timeout` (killing it after), and returns its status
+    /// with the whole console and stderr.
+    pub fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String, String) {
+        use std::io::Read;
+        let status = wait_within(&mut self.child, timeout);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, self.text(), err)
+    }
+}
+
+impl Drop for ConsoleChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory under the system's temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after `tag` and this process.
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("ember-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temporary directory");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -46,6 +46,15 @@ pub enum DeviceError {
     /// Opening a TAP failed.
     #[error(transparent)]
     Tap(#[from] devices::virtio::net::TapError),
+    /// The vsock device's host socket cannot be created.
+    #[error("Cannot create the vsock socket {path}")]
+    VsockSocket {
+        /// The path configured.
+        path: std::path::PathBuf,
+        /// Why (`Address in use`: it exists already).
+        #[source]
+        source: std::io::Error,
+    },
     /// No interrupt line or MMIO window is left for another virtio device.
     #[error("No interrupt line or MMIO window left for {0}")]
     NoSlot(&'static str),
@@ -72,6 +81,38 @@ pub struct Devices {
     pub(crate) console_out: Arc<Mutex<ConsoleOutputHandler>>,
     /// The devices whose state a snapshot saves.
     pub(crate) stateful: StatefulDevices,
+    /// The vsock device's socket file, removed when the VM's handle goes.
+    pub(crate) vsock_socket: Option<SocketFile>,
+}
+
+/// A Unix socket file Ember created; dropping it removes the file if it is still the one
+/// created (not a file someone put in its place since).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: std::path::PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn new(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 /// The devices a snapshot saves, shared with the buses.
@@ -202,6 +243,7 @@ pub(crate) fn create_legacy_devices(
         },
         i8042,
         console_out,
+        vsock_socket: None,
     })
 }
 
@@ -352,6 +394,52 @@ pub(crate) fn create_net_devices(
         )?);
     }
     Ok(cmdline)
+}
+
+/// Attaches the virtio-vsock device, its host side listening on `socket`; returns the
+/// command-line entry that announces it.
+pub(crate) fn create_vsock_device(
+    vm: &KvmVm,
+    mem: &GuestMemoryMmap,
+    alloc: &mut MmioAllocator,
+    cid: u32,
+    socket: &std::path::Path,
+    devices: &mut Devices,
+) -> Result<String, DeviceError> {
+    use devices::virtio::vsock::{Muxer, VirtioVsock, VsockHandler};
+    let bad = |source| DeviceError::VsockSocket {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(bad)?;
+    // Removed again if anything below fails.
+    let file = SocketFile::new(socket).map_err(bad)?;
+    listener.set_nonblocking(true).map_err(bad)?;
+    let muxer = Muxer::new(u64::from(cid), socket.to_path_buf(), listener);
+    let vsock = Arc::new(Mutex::new(VirtioVsock::new(
+        u64::from(cid),
+        muxer,
+        mem.clone(),
+    )));
+    let for_handler = vsock.clone();
+    let entry = attach_virtio_mmio(
+        vm,
+        mem,
+        alloc,
+        devices,
+        VirtioMmioDevice {
+            name: "the vsock device",
+            device: vsock,
+            handler: Box::new(move |kicks| {
+                let kicks: [EventFd; 3] = kicks
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("virtio-vsock has three queues"));
+                Arc::new(Mutex::new(VsockHandler::new(for_handler, kicks)))
+            }),
+        },
+    )?;
+    devices.vsock_socket = Some(file);
+    Ok(entry)
 }
 
 /// Attaches one virtio-blk device per disk, `/dev/vda` first; returns the command-line

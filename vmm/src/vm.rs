@@ -157,6 +157,9 @@ pub struct RestoreOptions {
     pub seccomp: SeccompMode,
     /// A console marker to timestamp.
     pub console_marker: Option<String>,
+    /// The host socket of a restored vsock device, instead of the snapshot's (each clone of
+    /// one snapshot needs its own; the original's may still be in use).
+    pub vsock_socket: Option<std::path::PathBuf>,
 }
 
 /// Entry point: starts VMs.
@@ -208,6 +211,7 @@ impl Vm {
             command,
             seccomp,
             console_marker,
+            vsock_socket,
         } = options;
         let dir = dir.as_ref();
         let start = Instant::now();
@@ -217,6 +221,9 @@ impl Vm {
         let mut config = config;
         config.seccomp = seccomp;
         config.console_marker = console_marker;
+        if let (Some(v), Some(path)) = (config.vsock.as_mut(), vsock_socket) {
+            v.socket = path;
+        }
         config.validate_machine()?;
         // Guest RAM must be laid out as a VM of this size is: nothing a tampered file says
         // may map memory over the MMIO gap or elsewhere.
@@ -231,8 +238,12 @@ impl Vm {
         if snap.vcpus.len() != usize::from(config.vcpus) || snap.vcpus.is_empty() {
             return Err(Error::SnapshotMismatch("the number of vCPUs".into()));
         }
-        if snap.transports.len() != config.disks.len() + config.nets.len() {
-            return Err(Error::SnapshotMismatch("the number of disks".into()));
+        let virtio_devices =
+            config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some());
+        if snap.transports.len() != virtio_devices {
+            return Err(Error::SnapshotMismatch(
+                "the number of virtio devices".into(),
+            ));
         }
         let config_validated = Instant::now();
         install_kick_handler().map_err(|e| Error::Signal(e.errno()))?;
@@ -302,7 +313,7 @@ impl Vm {
             t.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .restore(st)
-                .map_err(|e| Error::SnapshotMismatch(format!("a disk: {e}")))?;
+                .map_err(|e| Error::SnapshotMismatch(format!("a virtio device: {e}")))?;
         }
         let vcpus = snap
             .vcpus
@@ -464,6 +475,16 @@ fn build_devices(
         &config.nets,
         &mut devices,
     )?);
+    if let Some(v) = &config.vsock {
+        cmdline.push(crate::device_manager::create_vsock_device(
+            vm,
+            mem,
+            &mut mmio_alloc,
+            v.cid,
+            &v.socket,
+            &mut devices,
+        )?);
+    }
     Ok((devices, console_in_writer, cmdline))
 }
 
@@ -523,6 +544,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
     })));
     let em = create_manager(&control, devices.subscribers).map_err(Error::EventManager)?;
     let i8042 = devices.i8042;
+    let vsock_socket = devices.vsock_socket;
     let seccomp = config.seccomp;
     if seccomp.filters() {
         // Compile now so that a broken filter fails the start, not a thread.
@@ -596,6 +618,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         i8042,
         snapshot_sources,
         snapshot_lock: Mutex::new(()),
+        _vsock_socket: vsock_socket,
     })
 }
 
@@ -609,6 +632,9 @@ pub struct VmHandle {
     snapshot_sources: Arc<Mutex<Option<SnapshotSources>>>,
     /// One snapshot at a time.
     snapshot_lock: Mutex<()>,
+    /// Removes the vsock socket file when the handle goes (not on the VM's own threads,
+    /// whose seccomp filters allow no `unlink`).
+    _vsock_socket: Option<crate::device_manager::SocketFile>,
 }
 
 /// What a snapshot reads besides the vCPUs: the VM's clock, memory, configuration, devices.

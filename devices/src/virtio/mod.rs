@@ -6,6 +6,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -96,6 +97,8 @@ pub enum VirtioDeviceState {
     Block(block::BlockState),
     /// virtio-net.
     Net(net::NetState),
+    /// virtio-vsock.
+    Vsock(vsock::VsockState),
 }
 
 /// Reads `data.len()` bytes of a device's configuration space `config` at `offset`; bytes
