@@ -2,16 +2,16 @@
 //! `CI=true` the test fails without it, elsewhere it says it is skipped). The guest kernel
 //! configures eth0 by itself (`ip=`) and answers ARP and ICMP with no user space: a ping from
 //! the namespace proves both directions, with small frames and large ones the guest must
-//! reassemble from fragments. Nothing leaves the machine.
+//! reassemble from fragments; the guest's `xfer` (in the initramfs) sends 4 MiB over TCP to an
+//! echo server in the namespace and checks what comes back. Nothing leaves the machine.
 
 mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ember_bin, guest_initramfs, guest_kernel, require_kvm};
+use common::{ember_bin, guest_initramfs, guest_kernel, require_kvm, ConsoleChild};
 
 fn require_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -122,74 +122,94 @@ fn a_hostile_guest_scribbling_over_the_network_card_does_not_hurt_ember() {
     let _ = std::fs::remove_file(disk);
 }
 
+/// Byte `i` of the guest program `xfer`'s test pattern.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(131) ^ (i >> 8) ^ (i >> 16)) as u8
+}
+
+/// A TCP echo server at `addr` inside namespace `ns` (bound from a thread that entered it);
+/// serves one connection and returns what it received.
+fn echo_server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
+    let (ns, addr) = (ns.to_string(), addr.to_string());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("namespace");
+        // SAFETY: setns on this thread only, with a namespace descriptor.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        let l = std::net::TcpListener::bind(&addr).expect("bind in the namespace");
+        ready_tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("the guest connects");
+        s.set_read_timeout(Some(Duration::from_secs(300)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = s.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut s, &buf[..n]).expect("echo");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the echo server listens");
+    t
+}
+
 #[test]
-fn the_guest_answers_ping_through_virtio_net_with_small_and_fragmented_packets() {
+fn the_guest_answers_ping_and_moves_tcp_bytes_exactly_through_virtio_net() {
     if !require_kvm() || !require_root() {
         return;
     }
     let ns = netns_with_tap("ping");
+    let tcp_bytes: u64 = 4 << 20;
+    let server = echo_server_in(&ns.0, "172.30.77.1:7000");
     let (vmlinux, _) = guest_kernel();
     let cmdline = format!(
         "{} ip=172.30.77.2::172.30.77.1:255.255.255.0::eth0:off",
         vmm::DEFAULT_CMDLINE
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, ember_bin()])
-        .args([
-            "--kernel",
-            vmlinux.to_str().expect("utf-8"),
-            "--initrd",
-            guest_initramfs().to_str().expect("utf-8"),
-            "--net",
-            "tap=tap0,mac=06:00:ac:1e:4d:02",
-            "--cmdline",
-            &cmdline,
-            "--",
-            "sleep",
-            "600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ember");
-    let console = Arc::new(Mutex::new(String::new()));
-    let mut out = child.stdout.take().expect("stdout");
-    let reader = {
-        let console = console.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                console
-                    .lock()
-                    .expect("console")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if console
-            .lock()
-            .expect("console")
-            .contains("ember-init: ready")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().expect("wait").is_none(),
-            "the guest did not come up:\n{}",
-            console.lock().expect("console")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = console.lock().expect("console").clone();
+    let mut vm = ConsoleChild::spawn(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, ember_bin()])
+            .args([
+                "--kernel",
+                vmlinux.to_str().expect("utf-8"),
+                "--initrd",
+                guest_initramfs().to_str().expect("utf-8"),
+                "--net",
+                "tap=tap0,mac=06:00:ac:1e:4d:02",
+                "--cmdline",
+                &cmdline,
+                "--",
+                "sh",
+                "-c",
+                &format!("xfer check tcp 172.30.77.1 7000 {tcp_bytes} && sleep 600"),
+            ]),
+    );
+    let t = Instant::now();
+    let text = vm.wait_for("xfer: check", Duration::from_secs(600));
     assert!(
         text.contains("IP-Config: Complete") || text.contains("172.30.77.2"),
         "eth0 was not configured:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("xfer: check ok {tcp_bytes} bytes")),
+        "the guest's bytes did not come back exactly:\n{text}"
+    );
+    let got = server.join().expect("echo server");
+    assert_eq!(got.len() as u64, tcp_bytes);
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)),
+        "the namespace received other bytes than the guest sent"
+    );
+    eprintln!(
+        "net: {tcp_bytes} bytes each way, boot included, in {:?}",
+        t.elapsed()
     );
     for size in ["56", "1400", "4000"] {
         let ping = Command::new("ip")
@@ -206,7 +226,4 @@ fn the_guest_answers_ping_through_virtio_net_with_small_and_fragmented_packets()
             String::from_utf8_lossy(&ping.stderr)
         );
     }
-    let _ = child.kill();
-    let _ = common::wait_within(&mut child, Duration::from_secs(60));
-    let _ = reader.join();
 }

@@ -30,7 +30,7 @@ use crate::memory::GuestMemoryMmap;
 use crate::vcpu::VcpuState;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: [u8; 8] = *b"EMBERSNP";
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// The state file's name in a snapshot directory.

@@ -3,11 +3,16 @@
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::tap::{Tap, VNET_HDR_LEN};
+use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN};
 use super::QUEUE_SIZE;
 use crate::virtio::{
     ActivateError, GuestMemoryMmap, VirtioDevice, VirtioDeviceState, VirtioInterrupt, INT_VRING,
@@ -31,6 +36,47 @@ pub struct NetState {
     pub queues: Option<[crate::virtio::QueueSnapshot; 2]>,
     /// Frames dropped because they did not fit the guest's buffer.
     pub rx_dropped: u64,
+    /// The features the driver accepted (the TAP's offloads follow from them).
+    pub acked_features: u64,
+}
+
+/// The features offered: checksum and TCP segmentation offloads both ways (the TAP takes
+/// and gives the virtio-net header as is), mergeable receive buffers, EVENT_IDX and
+/// indirect descriptors.
+pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << VIRTIO_NET_F_MAC)
+    | (1 << VIRTIO_NET_F_STATUS)
+    | (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_GUEST_ECN)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | (1 << VIRTIO_RING_F_EVENT_IDX)
+    | (1 << VIRTIO_RING_F_INDIRECT_DESC);
+
+/// The TAP offloads (`TUNSETOFFLOAD`) for the receive-side features the guest accepted: what
+/// the TAP may hand up is what the guest said it can take.
+pub fn tap_offload(acked: u64) -> u32 {
+    let has = |f: u32| acked & (1u64 << f) != 0;
+    let mut flags = 0;
+    if has(VIRTIO_NET_F_GUEST_CSUM) {
+        flags |= TUN_F_CSUM;
+        // Segmentation offloads need checksum offload (tun refuses them alone).
+        if has(VIRTIO_NET_F_GUEST_TSO4) {
+            flags |= TUN_F_TSO4;
+        }
+        if has(VIRTIO_NET_F_GUEST_TSO6) {
+            flags |= TUN_F_TSO6;
+        }
+        if has(VIRTIO_NET_F_GUEST_ECN) && flags & (TUN_F_TSO4 | TUN_F_TSO6) != 0 {
+            flags |= TUN_F_TSO_ECN;
+        }
+    }
+    flags
 }
 
 struct Active {
@@ -70,10 +116,20 @@ pub struct VirtioNet {
     active: Option<Active>,
     rx_frame: Vec<u8>,
     rx_len: usize,
+    /// Receive chains taken for the waiting frame (mergeable buffers: a frame may need
+    /// several), with their writable segments in `rx_segs` from the index given.
+    rx_chains: Vec<(u16, usize)>,
+    rx_segs: Vec<(u64, u32)>,
+    /// Bytes the taken chains can hold.
+    rx_room: usize,
     tx_frame: Vec<u8>,
     /// A frame the TAP refused with EAGAIN, and the chain it came from.
     tx_pending: Option<u16>,
     rx_dropped: u64,
+    acked: u64,
+    /// TAP offloads to set from the event loop (the vCPU thread that activates the device
+    /// may not make that ioctl).
+    offload_pending: Option<u32>,
 }
 
 impl VirtioNet {
@@ -90,9 +146,26 @@ impl VirtioNet {
             active: None,
             rx_frame: vec![0; FRAME_MAX],
             rx_len: 0,
+            rx_chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            rx_segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            rx_room: 0,
             tx_frame: Vec::with_capacity(FRAME_MAX),
             tx_pending: None,
             rx_dropped: 0,
+            acked: 0,
+            offload_pending: None,
+        }
+    }
+
+    /// Sets the TAP's offloads the driver's features call for, once, from the event loop.
+    fn apply_offload(&mut self) {
+        if let Some(flags) = self.offload_pending.take() {
+            if let Err(e) = self.tap.set_offload(flags) {
+                log::warn!(
+                    "net: cannot set offloads {flags:#x} on {}: {e}",
+                    self.tap.name()
+                );
+            }
         }
     }
 
@@ -118,6 +191,7 @@ impl VirtioNet {
 
     /// Moves frames from the TAP into the guest's receive buffers.
     pub fn process_rx(&mut self) -> RxOutcome {
+        self.apply_offload();
         let mut delivered = false;
         let mut outcome = RxOutcome::More;
         for _ in 0..BATCH {
@@ -137,49 +211,40 @@ impl VirtioNet {
                     }
                 }
             }
-            let Some(a) = self.active.as_mut() else {
+            if self.active.is_none() {
                 self.rx_len = 0; // not running: the frame goes nowhere
                 continue;
-            };
-            let Some(chain) = a.rx.pop_descriptor_chain(&self.mem) else {
-                outcome = RxOutcome::NoBuffers;
-                break;
-            };
-            let head = chain.head_index();
-            // One frame per chain (no mergeable buffers): num_buffers is 1.
-            self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let frame = &self.rx_frame[..self.rx_len];
-            let mut written = 0usize;
-            let mut ok = true;
-            for d in chain {
-                if written == frame.len() {
-                    break;
-                }
-                if !d.is_write_only() {
-                    ok = false;
-                    break;
-                }
-                let n = (d.len() as usize).min(frame.len() - written);
-                if self
-                    .mem
-                    .write_slice(&frame[written..written + n], GuestAddress(d.addr().0))
-                    .is_err()
-                {
-                    ok = false;
-                    break;
-                }
-                written += n;
             }
-            let used = if ok && written == frame.len() {
-                written as u32
-            } else {
+            match self.take_rx_chains() {
+                Some(true) => {}
+                Some(false) => {
+                    // A chain the frame cannot use: dropped and counted, never cut.
+                    self.give_back_rx_chains(false);
+                    self.rx_dropped += 1;
+                    self.rx_len = 0;
+                    delivered = true;
+                    continue;
+                }
+                None => {
+                    // Not enough buffers: keep what was taken and ask for a kick when more
+                    // come (buffers that came meanwhile are used at once).
+                    let more = self
+                        .active
+                        .as_mut()
+                        .map(|a| a.rx.enable_notification(&self.mem).unwrap_or(false));
+                    if more == Some(true) {
+                        continue;
+                    }
+                    outcome = RxOutcome::NoBuffers;
+                    break;
+                }
+            }
+            let ok = self.write_rx_frame();
+            if !ok {
                 self.rx_dropped += 1;
-                0
-            };
-            self.rx_len = 0;
-            if a.rx.add_used(&self.mem, head, used).is_err() {
-                break;
             }
+            self.give_back_rx_chains(ok);
+            self.rx_len = 0;
             delivered = true;
         }
         if delivered {
@@ -188,79 +253,167 @@ impl VirtioNet {
         outcome
     }
 
-    /// Sends the guest's transmit chains to the TAP.
-    pub fn process_tx(&mut self) -> TxOutcome {
-        let mut completed = false;
-        let mut outcome = TxOutcome::More;
-        for _ in 0..BATCH {
-            let Some(a) = self.active.as_mut() else {
-                outcome = TxOutcome::Done;
-                break;
-            };
-            let head = match self.tx_pending {
-                Some(h) => h,
-                None => {
-                    let Some(chain) = a.tx.pop_descriptor_chain(&self.mem) else {
-                        outcome = TxOutcome::Done;
-                        break;
-                    };
-                    let head = chain.head_index();
-                    self.tx_frame.clear();
-                    let mut ok = true;
-                    for d in chain {
-                        let len = d.len() as usize;
-                        if d.is_write_only() || self.tx_frame.len() + len > FRAME_MAX {
-                            ok = false;
-                            break;
-                        }
-                        let start = self.tx_frame.len();
-                        self.tx_frame.resize(start + len, 0);
-                        if self
-                            .mem
-                            .read_slice(&mut self.tx_frame[start..], GuestAddress(d.addr().0))
-                            .is_err()
-                        {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if !ok || self.tx_frame.len() <= VNET_HDR_LEN {
-                        // Malformed: consumed and dropped.
-                        self.tx_frame.clear();
-                        let _ = a.tx.add_used(&self.mem, head, 0);
-                        completed = true;
-                        continue;
-                    }
-                    head
+    fn mergeable(&self) -> bool {
+        self.acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    }
+
+    /// Takes receive chains until they hold the waiting frame: `Some(true)` when they do,
+    /// `Some(false)` for a chain that cannot be used (read-only descriptors, or too small
+    /// without mergeable buffers), `None` when the guest has posted too few.
+    fn take_rx_chains(&mut self) -> Option<bool> {
+        let mergeable = self.mergeable();
+        let a = self.active.as_mut()?;
+        while self.rx_room < self.rx_len {
+            if !mergeable && !self.rx_chains.is_empty() {
+                return Some(false);
+            }
+            let chain = a.rx.pop_descriptor_chain(&self.mem)?;
+            self.rx_chains
+                .push((chain.head_index(), self.rx_segs.len()));
+            for d in chain {
+                if !d.is_write_only() {
+                    return Some(false);
                 }
-            };
-            match self.tap.write_frame(&self.tx_frame) {
-                Ok(_) => {
-                    self.tx_pending = None;
-                    if let Some(a) = self.active.as_mut() {
-                        let _ = a.tx.add_used(&self.mem, head, 0);
-                    }
-                    completed = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.tx_pending = Some(head);
-                    outcome = TxOutcome::Blocked;
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    self.tx_pending = Some(head);
-                }
-                Err(e) => {
-                    // The interface refused this frame (down, too large): dropped, not stuck.
-                    log::debug!("net: TAP write: {e}");
-                    self.tx_pending = None;
-                    if let Some(a) = self.active.as_mut() {
-                        let _ = a.tx.add_used(&self.mem, head, 0);
-                    }
-                    completed = true;
-                }
+                self.rx_segs.push((d.addr().0, d.len()));
+                self.rx_room = self.rx_room.saturating_add(d.len() as usize);
             }
         }
+        Some(true)
+    }
+
+    /// Writes the waiting frame over the taken chains, `num_buffers` first.
+    fn write_rx_frame(&mut self) -> bool {
+        let chains = self.rx_chains.len() as u16;
+        self.rx_frame[10..12].copy_from_slice(&chains.to_le_bytes());
+        let frame = &self.rx_frame[..self.rx_len];
+        let mut written = 0usize;
+        for &(addr, len) in &self.rx_segs {
+            if written == frame.len() {
+                break;
+            }
+            let n = (len as usize).min(frame.len() - written);
+            if self
+                .mem
+                .write_slice(&frame[written..written + n], GuestAddress(addr))
+                .is_err()
+            {
+                return false;
+            }
+            written += n;
+        }
+        written == frame.len()
+    }
+
+    /// Returns the taken chains to the guest: with the frame's bytes spread over them in
+    /// order if `filled`, empty otherwise.
+    fn give_back_rx_chains(&mut self, filled: bool) {
+        let mut left = if filled { self.rx_len } else { 0 };
+        if let Some(a) = self.active.as_mut() {
+            for (i, &(head, first)) in self.rx_chains.iter().enumerate() {
+                let last = self
+                    .rx_chains
+                    .get(i + 1)
+                    .map_or(self.rx_segs.len(), |c| c.1);
+                let room: usize = self.rx_segs[first..last].iter().map(|s| s.1 as usize).sum();
+                let used = room.min(left);
+                left -= used;
+                let _ = a.rx.add_used(&self.mem, head, used as u32);
+            }
+        }
+        self.rx_chains.clear();
+        self.rx_segs.clear();
+        self.rx_room = 0;
+    }
+
+    /// Sends the guest's transmit chains to the TAP.
+    pub fn process_tx(&mut self) -> TxOutcome {
+        self.apply_offload();
+        let mut completed = false;
+        let mut budget = BATCH;
+        let outcome = 'serve: loop {
+            // No kicks while the queue is being drained (virtio 1.2 §2.7.10).
+            if let Some(a) = self.active.as_mut() {
+                let _ = a.tx.disable_notification(&self.mem);
+            }
+            loop {
+                if budget == 0 {
+                    break 'serve TxOutcome::More;
+                }
+                budget -= 1;
+                let Some(a) = self.active.as_mut() else {
+                    break 'serve TxOutcome::Done;
+                };
+                let head = match self.tx_pending {
+                    Some(h) => h,
+                    None => {
+                        let Some(chain) = a.tx.pop_descriptor_chain(&self.mem) else {
+                            break;
+                        };
+                        let head = chain.head_index();
+                        self.tx_frame.clear();
+                        let mut ok = true;
+                        for d in chain {
+                            let len = d.len() as usize;
+                            if d.is_write_only() || self.tx_frame.len() + len > FRAME_MAX {
+                                ok = false;
+                                break;
+                            }
+                            let start = self.tx_frame.len();
+                            self.tx_frame.resize(start + len, 0);
+                            if self
+                                .mem
+                                .read_slice(&mut self.tx_frame[start..], GuestAddress(d.addr().0))
+                                .is_err()
+                            {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        if !ok || self.tx_frame.len() <= VNET_HDR_LEN {
+                            // Malformed: consumed and dropped.
+                            self.tx_frame.clear();
+                            let _ = a.tx.add_used(&self.mem, head, 0);
+                            completed = true;
+                            continue;
+                        }
+                        head
+                    }
+                };
+                match self.tap.write_frame(&self.tx_frame) {
+                    Ok(_) => {
+                        self.tx_pending = None;
+                        if let Some(a) = self.active.as_mut() {
+                            let _ = a.tx.add_used(&self.mem, head, 0);
+                        }
+                        completed = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.tx_pending = Some(head);
+                        break 'serve TxOutcome::Blocked;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        self.tx_pending = Some(head);
+                    }
+                    Err(e) => {
+                        // The interface refused this frame (down, too large): dropped, not stuck.
+                        log::debug!("net: TAP write: {e}");
+                        self.tx_pending = None;
+                        if let Some(a) = self.active.as_mut() {
+                            let _ = a.tx.add_used(&self.mem, head, 0);
+                        }
+                        completed = true;
+                    }
+                }
+            }
+            // Drained: kicks again, and another round if chains came meanwhile.
+            let more = self
+                .active
+                .as_mut()
+                .map(|a| a.tx.enable_notification(&self.mem).unwrap_or(false));
+            if more != Some(true) {
+                break TxOutcome::Done;
+            }
+        };
         if completed {
             self.notify(TX);
         }
@@ -278,7 +431,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
+        FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -291,13 +444,18 @@ impl VirtioDevice for VirtioNet {
 
     fn activate(
         &mut self,
-        _features: u64,
+        features: u64,
         queues: Vec<Queue>,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
         let mut it = queues.into_iter();
-        let rx = it.next().ok_or(ActivateError::BadQueue(RX))?;
-        let tx = it.next().ok_or(ActivateError::BadQueue(TX))?;
+        let mut rx = it.next().ok_or(ActivateError::BadQueue(RX))?;
+        let mut tx = it.next().ok_or(ActivateError::BadQueue(TX))?;
+        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
+        self.acked = features;
+        self.offload_pending = Some(tap_offload(features));
         self.active = Some(Active { rx, tx, interrupt });
         Ok(())
     }
@@ -306,6 +464,12 @@ impl VirtioDevice for VirtioNet {
         self.active = None;
         self.tx_pending = None;
         self.rx_len = 0;
+        self.rx_chains.clear();
+        self.rx_segs.clear();
+        self.rx_room = 0;
+        self.acked = 0;
+        // A driver to come may take no offloads.
+        self.offload_pending = Some(0);
     }
 
     fn state(&self) -> VirtioDeviceState {
@@ -313,12 +477,17 @@ impl VirtioDevice for VirtioNet {
             tap: self.tap.name().to_string(),
             mac: self.mac,
             queues: self.active.as_ref().map(|a| {
+                let mut rx = a.rx.state();
+                // Chains taken for a frame not delivered yet go back to the guest: the frame
+                // is not part of the snapshot (a network may lose a frame).
+                rx.next_avail = rx.next_avail.wrapping_sub(self.rx_chains.len() as u16);
                 [
-                    crate::virtio::QueueSnapshot(a.rx.state()),
+                    crate::virtio::QueueSnapshot(rx),
                     crate::virtio::QueueSnapshot(a.tx.state()),
                 ]
             }),
             rx_dropped: self.rx_dropped,
+            acked_features: self.acked,
         })
     }
 
@@ -334,6 +503,8 @@ impl VirtioDevice for VirtioNet {
             return Err(ActivateError::BadState("another MAC address"));
         }
         self.rx_dropped = s.rx_dropped;
+        self.acked = s.acked_features;
+        self.offload_pending = Some(tap_offload(s.acked_features));
         self.active = match &s.queues {
             None => None,
             Some([rx, tx]) => {
@@ -374,6 +545,10 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_with(1 << VIRTIO_F_VERSION_1)
+    }
+
+    fn rig_with(features: u64) -> Rig {
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("memory"),
         ));
@@ -383,7 +558,7 @@ mod tests {
         let tx = MockSplitQueue::create(mem, GuestAddress(0x10000), 16);
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         dev.activate(
-            1 << VIRTIO_F_VERSION_1,
+            features,
             vec![
                 rx.create_queue().expect("rx"),
                 tx.create_queue().expect("tx"),
@@ -494,5 +669,77 @@ mod tests {
             panic!("net state")
         };
         assert!(s.queues.is_none());
+    }
+
+    #[test]
+    fn with_mergeable_buffers_a_frame_spans_chains_and_waits_for_enough_of_them() {
+        let mut r = rig_with((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF));
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend((0..2500u32).map(|i| (i % 251) as u8));
+        r.host.write_all(&frame).expect("to the guest");
+        // 1000 bytes posted: not enough; the chain is kept, nothing is used yet.
+        r.rx.add_desc_chains(&[d(0x40000, 1000, WRITE, 0)], 0)
+            .expect("first buffer");
+        assert_eq!(r.dev.process_rx(), RxOutcome::NoBuffers);
+        assert!(used(&r.rx).is_empty(), "no partial frame is handed over");
+        // Two more: the frame goes over the three, num_buffers = 3.
+        r.rx.add_desc_chains(&[d(0x50000, 1000, WRITE, 0), d(0x60000, 1000, WRITE, 0)], 1)
+            .expect("more buffers");
+        assert_eq!(r.dev.process_rx(), RxOutcome::Drained);
+        let u = used(&r.rx);
+        assert_eq!(
+            u.iter().map(|e| e.1).collect::<Vec<_>>(),
+            vec![1000, 1000, 512]
+        );
+        let mut back = vec![0u8; frame.len()];
+        for (i, base) in [0x40000u64, 0x50000, 0x60000].iter().enumerate() {
+            let n = (frame.len() - i * 1000).min(1000);
+            r.mem
+                .read_slice(&mut back[i * 1000..i * 1000 + n], GuestAddress(*base))
+                .expect("r");
+        }
+        assert_eq!(&back[10..12], &3u16.to_le_bytes(), "num_buffers");
+        assert_eq!(&back[VNET_HDR_LEN..], &frame[VNET_HDR_LEN..]);
+    }
+
+    #[test]
+    fn the_taps_offloads_follow_what_the_guest_accepted() {
+        let f = |bits: &[u32]| bits.iter().fold(0u64, |a, b| a | (1 << b));
+        assert_eq!(tap_offload(0), 0);
+        // TSO without checksum offload is not asked of the TAP (it would refuse).
+        assert_eq!(tap_offload(f(&[VIRTIO_NET_F_GUEST_TSO4])), 0);
+        assert_eq!(tap_offload(f(&[VIRTIO_NET_F_GUEST_CSUM])), TUN_F_CSUM);
+        assert_eq!(
+            tap_offload(f(&[
+                VIRTIO_NET_F_GUEST_CSUM,
+                VIRTIO_NET_F_GUEST_TSO4,
+                VIRTIO_NET_F_GUEST_TSO6,
+                VIRTIO_NET_F_GUEST_ECN
+            ])),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+        );
+        // Host-side offloads change nothing the TAP hands up.
+        assert_eq!(
+            tap_offload(f(&[VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_CSUM])),
+            0
+        );
+        assert_eq!(
+            FEATURES & f(&[VIRTIO_NET_F_MRG_RXBUF]),
+            f(&[VIRTIO_NET_F_MRG_RXBUF])
+        );
+    }
+
+    #[test]
+    fn a_snapshot_gives_back_chains_taken_for_an_undelivered_frame() {
+        let mut r = rig_with((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF));
+        r.host.write_all(&vec![7u8; 3000]).expect("frame");
+        r.rx.add_desc_chains(&[d(0x40000, 1000, WRITE, 0)], 0)
+            .expect("buffer");
+        assert_eq!(r.dev.process_rx(), RxOutcome::NoBuffers);
+        let VirtioDeviceState::Net(s) = r.dev.state() else {
+            panic!("net state")
+        };
+        let [rx, _] = s.queues.expect("active");
+        assert_eq!(rx.0.next_avail, 0, "the taken chain is the guest's again");
     }
 }

@@ -1,7 +1,7 @@
 //! A TAP interface on the host (Linux `tun`, Documentation/networking/tuntap.rst): opened by
 //! name with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, or taken as an already-open descriptor;
 //! non-blocking, with the virtio-net header size set to that of virtio 1.x (12 bytes) and no
-//! offloads. Written by hand: a few ioctls, no crate of rust-vmm's covers TAP devices alone.
+//! offloads until the guest accepts some ([`Tap::set_offload`]). Written by hand: a few ioctls, no crate of rust-vmm's covers TAP devices alone.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -14,6 +14,14 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETOFFLOAD` flags (`linux/if_tun.h`).
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TCP segmentation offload, IPv4.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TCP segmentation offload, IPv6.
+pub const TUN_F_TSO6: u32 = 0x04;
+/// TSO with ECN bits.
+pub const TUN_F_TSO_ECN: u32 = 0x08;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `_IOR('T', 210, unsigned int)`.
@@ -151,6 +159,24 @@ impl Tap {
             ));
         }
         Ok(())
+    }
+
+    /// Sets what the TAP may hand up with a frame (`TUN_F_*`: partial checksums, TSO): the
+    /// offloads the guest accepted for its receive side.
+    pub fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes the flags as its argument.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// A stand-in with a TAP's frame semantics for tests: one end of a `SOCK_SEQPACKET`
