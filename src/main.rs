@@ -67,9 +67,11 @@ struct Cli {
     /// /dev/vdb, ... in order. Without --initrd the first disk is the root filesystem.
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<String>,
-    /// A virtio-net interface on an existing TAP device, `tap=NAME[,mac=MAC]`. Repeatable;
-    /// the guest sees eth0, eth1, ... in order. Ember configures nothing on the host.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    /// A virtio-net interface on an existing TAP device, `tap=NAME[,mac=MAC]`, or on a TAP
+    /// descriptor this process inherited (opened with IFF_VNET_HDR), `fd=N[,mac=MAC]`.
+    /// Repeatable; the guest sees eth0, eth1, ... in order. Ember configures nothing on the
+    /// host.
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC]")]
     net: Vec<String>,
     /// A virtio-vsock device, `cid=N,socket=PATH`: host processes connect to PATH and write
     /// `CONNECT <port>` to reach guest port <port>; guest connections to host port P go to

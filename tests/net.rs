@@ -160,6 +160,39 @@ fn echo_server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
     t
 }
 
+/// Opens `tap` inside namespace `ns` (from a thread that entered it) as a service that makes
+/// its own TAPs would: `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, inheritable by a child.
+fn tap_fd_in(ns: &str, tap: &str) -> i32 {
+    let (ns, tap) = (ns.to_string(), tap.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("namespace");
+        // SAFETY: setns on this thread only, with a namespace descriptor.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        // SAFETY: a plain open; the descriptor is left to the child (no O_CLOEXEC).
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR) };
+        assert!(fd >= 0, "/dev/net/tun: {}", std::io::Error::last_os_error());
+        #[repr(C)]
+        struct IfReq {
+            name: [u8; 16],
+            flags: libc::c_short,
+            pad: [u8; 22],
+        }
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: 0x0002 | 0x1000 | 0x4000, // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+            pad: [0; 22],
+        };
+        req.name[..tap.len()].copy_from_slice(tap.as_bytes());
+        // SAFETY: TUNSETIFF reads an ifreq, which `req` is laid out as.
+        let r = unsafe { libc::ioctl(fd, 0x4004_54ca, &req) };
+        assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        fd
+    })
+    .join()
+    .expect("tap")
+}
+
 #[test]
 fn the_guest_answers_ping_and_moves_tcp_bytes_exactly_through_virtio_net() {
     if !require_kvm() || !require_root() {
@@ -173,24 +206,23 @@ fn the_guest_answers_ping_and_moves_tcp_bytes_exactly_through_virtio_net() {
         "{} ip=172.30.77.2::172.30.77.1:255.255.255.0::eth0:off",
         vmm::DEFAULT_CMDLINE
     );
-    let mut vm = ConsoleChild::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, ember_bin()])
-            .args([
-                "--kernel",
-                vmlinux.to_str().expect("utf-8"),
-                "--initrd",
-                guest_initramfs().to_str().expect("utf-8"),
-                "--net",
-                "tap=tap0,mac=06:00:ac:1e:4d:02",
-                "--cmdline",
-                &cmdline,
-                "--",
-                "sh",
-                "-c",
-                &format!("xfer check tcp 172.30.77.1 7000 {tcp_bytes} && sleep 600"),
-            ]),
-    );
+    // The TAP as a descriptor handed over by its creator (the other test attaches by name);
+    // Ember itself runs outside the namespace.
+    let tap = tap_fd_in(&ns.0, "tap0");
+    let mut vm = ConsoleChild::spawn(Command::new(ember_bin()).args([
+        "--kernel",
+        vmlinux.to_str().expect("utf-8"),
+        "--initrd",
+        guest_initramfs().to_str().expect("utf-8"),
+        "--net",
+        &format!("fd={tap},mac=06:00:ac:1e:4d:02"),
+        "--cmdline",
+        &cmdline,
+        "--",
+        "sh",
+        "-c",
+        &format!("xfer check tcp 172.30.77.1 7000 {tcp_bytes} && sleep 600"),
+    ]));
     let t = Instant::now();
     let text = vm.wait_for("xfer: check", Duration::from_secs(600));
     assert!(

@@ -302,6 +302,8 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
     if !require_kvm() {
         return;
     }
+    // vsock sockets (the snapshot's, the restores' own).
+    let socks = common::TempDir::new("snap-socks");
     let (vmlinux, _) = common::guest_kernel();
     let dir = snap_dir("linux");
     let d = dir.to_str().expect("utf-8");
@@ -313,6 +315,8 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
             common::guest_initramfs().to_str().expect("utf-8"),
             "--cpus",
             "2",
+            "--vsock",
+            &format!("cid=3,socket={}", socks.0.join("snap.sock").display()),
             "--snapshot",
             d,
         ],
@@ -327,6 +331,8 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
         &[
             "--restore",
             d,
+            "--vsock-socket",
+            &socks.0.join("cli.sock").display().to_string(),
             "--",
             "sh",
             "-c",
@@ -344,7 +350,22 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
         r.stdout
     );
     assert!(!r.stdout.contains("Linux version"), "no boot: {}", r.stdout);
-    // Eight clones at once in this process, each with its own command.
+    // Eight clones at once in this process, each with its own command and its own vsock
+    // socket: each says hello to a host listener of its own through the restored device.
+    let hellos: Vec<_> = (0..8)
+        .map(|i| {
+            let l =
+                std::os::unix::net::UnixListener::bind(socks.0.join(format!("clone{i}.sock_6000")))
+                    .expect("host listener");
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().expect("the clone connects");
+                let mut got = String::new();
+                std::io::Read::read_to_string(&mut s, &mut got).expect("hello");
+                std::io::Write::write_all(&mut s, b"pong").expect("reply");
+                got
+            })
+        })
+        .collect();
     let clones: Vec<_> = (0..8)
         .map(|i| {
             let (console, out) = captured();
@@ -352,13 +373,18 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
                 "sh".to_string(),
                 "-c".into(),
                 format!(
-                    "echo clone-{i} id=$EMBER_CLONE_ID rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); exit {}",
+                    "echo clone-{i} id=$EMBER_CLONE_ID rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); xfer say vsock 2 6000 hello-{i}; exit {}",
                     10 + i
                 ),
             ];
+            let options = vmm::RestoreOptions {
+                command: Some(argv),
+                vsock_socket: Some(socks.0.join(format!("clone{i}.sock"))),
+                ..Default::default()
+            };
             (
                 i,
-                Vm::restore_with_command(&dir, console, Some(argv)).expect("restore"),
+                Vm::restore_with(&dir, console, options).expect("restore"),
                 out,
             )
         })
@@ -386,7 +412,52 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
             identities.insert(rnd.trim().to_string()),
             "two clones share randomness"
         );
+        assert!(
+            text.contains("xfer: reply pong"),
+            "clone {i}'s vsock: {text}"
+        );
     }
+    for (i, h) in hellos.into_iter().enumerate() {
+        assert_eq!(h.join().expect("listener"), format!("hello-{i}"));
+    }
+    // A clone serving on vsock: the host reaches it through its own socket.
+    let (console, out) = captured();
+    let sock = socks.0.join("server.sock");
+    let mut server = Vm::restore_with(
+        &dir,
+        console,
+        vmm::RestoreOptions {
+            command: Some(vec![
+                "xfer".into(),
+                "echo".into(),
+                "vsock".into(),
+                "5000".into(),
+            ]),
+            vsock_socket: Some(sock.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("restore");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.text().contains("xfer: listening") {
+        assert!(Instant::now() < deadline, "{}", out.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    std::io::Write::write_all(&mut s, b"CONNECT 5000\n").expect("connect line");
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).expect("OK line");
+    assert!(line.starts_with("OK "), "{line:?}");
+    std::io::Write::write_all(&mut s, &data).expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut back).expect("echo");
+    assert!(back == data, "the restored guest's echo differs");
+    server.kill();
+    drop(server);
+    assert!(!sock.exists(), "the clone's socket file is left behind");
     let _ = std::fs::remove_dir_all(dir);
 }
 

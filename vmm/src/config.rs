@@ -33,7 +33,7 @@ pub enum PvmMode {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A `--net` value does not parse.
-    #[error("Invalid network interface '{0}': use tap=NAME[,mac=MAC]")]
+    #[error("Invalid network interface '{0}': use tap=NAME[,mac=MAC] or fd=N[,mac=MAC]")]
     NetSyntax(String),
     /// A MAC address does not parse or is multicast.
     #[error("Invalid MAC address '{0}': use six hex bytes, aa:bb:cc:dd:ee:ff, not multicast")]
@@ -156,28 +156,42 @@ impl DiskConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// The TAP interface's name.
+    /// The TAP interface's name (empty when [`Self::fd`] gives the TAP).
+    #[serde(default)]
     pub tap: String,
+    /// An already-open TAP descriptor of this process (opened with `IFF_VNET_HDR`), for
+    /// services that create their TAPs; Ember uses a duplicate of it. A restore reopens the
+    /// TAP by the name the descriptor had.
+    #[serde(default)]
+    pub fd: Option<i32>,
     /// MAC address `aa:bb:cc:dd:ee:ff`; `None` gives a locally administered one by slot.
     #[serde(default)]
     pub mac: Option<String>,
 }
 
 impl NetConfig {
-    /// Parses the CLI form `tap=NAME[,mac=MAC]`.
+    /// Parses the CLI form `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::NetSyntax(spec.to_string());
         let mut tap = None;
+        let mut fd = None;
         let mut mac = None;
         for opt in spec.split(',') {
             match opt.split_once('=') {
                 Some(("tap", v)) if !v.is_empty() => tap = Some(v.to_string()),
+                Some(("fd", v)) => {
+                    fd = Some(v.parse::<i32>().ok().filter(|f| *f >= 0).ok_or_else(bad)?)
+                }
                 Some(("mac", v)) => mac = Some(v.to_string()),
                 _ => return Err(bad()),
             }
         }
+        if tap.is_some() == fd.is_some() {
+            return Err(bad()); // exactly one of them
+        }
         let net = NetConfig {
-            tap: tap.ok_or_else(bad)?,
+            tap: tap.unwrap_or_default(),
+            fd,
             mac,
         };
         net.mac_bytes(0)?;
@@ -500,6 +514,7 @@ impl VmConfigBuilder {
     pub fn net(mut self, tap: impl Into<String>, mac: Option<String>) -> Self {
         self.0.nets.push(NetConfig {
             tap: tap.into(),
+            fd: None,
             mac,
         });
         self
@@ -592,6 +607,52 @@ pub fn parse_memory_size(s: &str) -> Result<u64, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_interfaces_parse_by_name_or_descriptor_but_not_both() {
+        let n = NetConfig::parse("tap=tap0,mac=06:00:00:00:00:01").expect("name");
+        assert_eq!((n.tap.as_str(), n.fd), ("tap0", None));
+        let n = NetConfig::parse("fd=7").expect("descriptor");
+        assert_eq!((n.tap.as_str(), n.fd), ("", Some(7)));
+        for bad in [
+            "",
+            "tap=",
+            "fd=-1",
+            "fd=x",
+            "tap=a,fd=3",
+            "mac=06:00:00:00:00:01",
+            "tap=a,speed=10",
+        ] {
+            assert!(NetConfig::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            NetConfig::parse("tap=a,mac=01:00:00:00:00:01").is_err(),
+            "multicast MAC"
+        );
+    }
+
+    #[test]
+    fn vsock_devices_parse_and_reserved_cids_are_refused() {
+        let v = VsockConfig::parse("cid=3,socket=/tmp/v.sock").expect("vsock");
+        assert_eq!((v.cid, v.socket.as_path()), (3, Path::new("/tmp/v.sock")));
+        for bad in [
+            "cid=2,socket=/x",
+            "cid=0,socket=/x",
+            "cid=4294967295,socket=/x",
+            "cid=99999999999,socket=/x",
+            "cid=3",
+            "socket=/x",
+            "cid=3,socket=",
+            "cid=3,socket=/x,port=1",
+        ] {
+            assert!(VsockConfig::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = format!("cid=3,socket=/{}", "a".repeat(VSOCK_PATH_MAX));
+        assert!(matches!(
+            VsockConfig::parse(&long),
+            Err(ConfigError::VsockPath(_))
+        ));
+    }
 
     #[test]
     fn memory_sizes() {

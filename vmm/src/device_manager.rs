@@ -43,6 +43,9 @@ pub enum DeviceError {
     /// Opening a disk failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A TAP descriptor given in the configuration is not open.
+    #[error("TAP descriptor {0} cannot be used")]
+    TapFd(i32, #[source] std::io::Error),
     /// Opening a TAP failed.
     #[error(transparent)]
     Tap(#[from] devices::virtio::net::TapError),
@@ -362,7 +365,21 @@ pub(crate) fn create_net_devices(
 ) -> Result<Vec<String>, DeviceError> {
     let mut cmdline = Vec::with_capacity(nets.len());
     for (i, cfg) in nets.iter().enumerate() {
-        let tap = devices::virtio::net::Tap::open(&cfg.tap)?;
+        let tap = match cfg.fd {
+            None => devices::virtio::net::Tap::open(&cfg.tap)?,
+            Some(fd) => {
+                // A duplicate: the descriptor stays its owner's.
+                // SAFETY: fcntl on a descriptor number; a bad one fails with EBADF.
+                let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    return Err(DeviceError::TapFd(fd, std::io::Error::last_os_error()));
+                }
+                // SAFETY: `dup` is a new descriptor owned by nothing else.
+                let owned =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+                devices::virtio::net::Tap::from_fd(owned)?
+            }
+        };
         let mac = cfg
             .mac_bytes(i)
             .map_err(|_| DeviceError::NoSlot("a MAC address"))?;

@@ -769,8 +769,21 @@ impl VmHandle {
         fn locked<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
             m.lock().unwrap_or_else(|p| p.into_inner())
         }
+        let transports: Vec<_> = d.transports.iter().map(|t| locked(t).state()).collect();
+        // A TAP given as a descriptor is reopened by its name on restore: the number means
+        // nothing to another process.
+        let mut config = src.config.clone();
+        let tap_names = transports.iter().filter_map(|t| match &t.device {
+            devices::virtio::VirtioDeviceState::Net(n) => Some(n.tap.clone()),
+            _ => None,
+        });
+        for (net, name) in config.nets.iter_mut().zip(tap_names) {
+            if net.fd.take().is_some() {
+                net.tap = name;
+            }
+        }
         let mut snap = crate::snapshot::Snapshot {
-            config_json: serde_json::to_string(&src.config)
+            config_json: serde_json::to_string(&config)
                 .map_err(|e| crate::snapshot::SnapshotError::Encode(e.to_string()))?,
             cpu_vendor: crate::snapshot::host_cpu_vendor(),
             clock,
@@ -778,7 +791,7 @@ impl VmHandle {
             ioapic: locked(&d.ioapic).state(),
             serial: locked(&d.serial).state(),
             i8042: locked(&d.i8042).state(),
-            transports: d.transports.iter().map(|t| locked(t).state()).collect(),
+            transports,
             memory: Vec::new(),
         };
         let info = crate::snapshot::write(dir, &mut snap, &src.mem, src.file_backed)?;
