@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -122,11 +121,6 @@ fn a_hostile_guest_scribbling_over_the_network_card_does_not_hurt_ember() {
     let _ = std::fs::remove_file(disk);
 }
 
-/// Byte `i` of the guest program `xfer`'s test pattern.
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(131) ^ (i >> 8) ^ (i >> 16)) as u8
-}
-
 /// A TCP echo server at `addr` inside namespace `ns` (bound from a thread that entered it);
 /// serves one connection and returns what it received.
 fn echo_server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
@@ -142,17 +136,7 @@ fn echo_server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
         let (mut s, _) = l.accept().expect("the guest connects");
         s.set_read_timeout(Some(Duration::from_secs(300)))
             .expect("timeout");
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = s.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            std::io::Write::write_all(&mut s, &buf[..n]).expect("echo");
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
+        common::echo_stream(&mut s)
     });
     ready_rx
         .recv_timeout(Duration::from_secs(30))
@@ -236,7 +220,9 @@ fn the_guest_answers_ping_and_moves_tcp_bytes_exactly_through_virtio_net() {
     let got = server.join().expect("echo server");
     assert_eq!(got.len() as u64, tcp_bytes);
     assert!(
-        got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)),
+        got.iter()
+            .enumerate()
+            .all(|(i, &b)| b == common::xfer_pattern(i as u64)),
         "the namespace received other bytes than the guest sent"
     );
     eprintln!(

@@ -391,7 +391,12 @@ fn linux_snapshotted_when_ready_runs_each_restore_s_command_and_clones_run_their
         .collect();
     let mut identities = std::collections::HashSet::new();
     for (i, vm, out) in clones {
-        assert_eq!(end(vm), ExitReason::Status(10 + i), "{}", out.text());
+        let mut vm = vm;
+        let reason = vm
+            .wait_timeout(T)
+            .unwrap_or_else(|| panic!("clone {i} did not end: {}", out.text()))
+            .reason;
+        assert_eq!(reason, ExitReason::Status(10 + i), "{}", out.text());
         let text = out.text();
         let line = text
             .lines()

@@ -15,11 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::{ember_bin, guest_initramfs, guest_kernel, require_kvm, ConsoleChild, TempDir};
 
-/// Byte `i` of `xfer`'s test pattern.
-fn pattern(i: u64) -> u8 {
-    ((i.wrapping_mul(131)) ^ (i >> 8) ^ (i >> 16)) as u8
-}
-
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -107,19 +102,7 @@ fn vsock_streams_carry_exact_bytes_both_ways_through_firecrackers_protocol() {
         got
     });
     let big = 4u64 << 20;
-    let guest_echo = host_listener(&sock, 6001, |mut s| {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = s.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            s.write_all(&buf[..n]).expect("echo");
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
-    });
+    let guest_echo = host_listener(&sock, 6001, |mut s| common::echo_stream(&mut s));
     let (vmlinux, _) = guest_kernel();
     let mut vm = ConsoleChild::spawn(Command::new(ember_bin()).args([
         "--kernel",
@@ -149,7 +132,7 @@ fn vsock_streams_carry_exact_bytes_both_ways_through_firecrackers_protocol() {
     assert!(
         seen.iter()
             .enumerate()
-            .all(|(i, &b)| b == pattern(i as u64)),
+            .all(|(i, &b)| b == common::xfer_pattern(i as u64)),
         "the host received the guest's pattern exactly"
     );
 

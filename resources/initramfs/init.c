@@ -316,7 +316,10 @@ static void mix_seed(const char *hex)
 	/* A write only feeds the input pool; RNDRESEEDCRNG makes the generator use it now, so
 	 * clones never share their random numbers, not even for the seconds until the next
 	 * scheduled reseed. */
-	if (fd < 0 || write(fd, bytes, n) != (ssize_t)n || ioctl(fd, RNDRESEEDCRNG) != 0)
+	/* ENODATA: the generator is not initialized yet; it will start from the pool the seed
+	 * went into. */
+	if (fd < 0 || write(fd, bytes, n) != (ssize_t)n ||
+	    (ioctl(fd, RNDRESEEDCRNG) != 0 && errno != ENODATA))
 		say("cannot mix the clone's seed into the random pool");
 	if (fd >= 0)
 		close(fd);

@@ -318,3 +318,22 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Byte `i` of the test pattern the guest program `xfer` sends (resources/initramfs/xfer.c).
+pub fn xfer_pattern(i: u64) -> u8 {
+    (i.wrapping_mul(131) ^ (i >> 8) ^ (i >> 16)) as u8
+}
+
+/// Echoes everything read from `s` back to it until its end; returns what was read.
+pub fn echo_stream<S: std::io::Read + std::io::Write>(s: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            return got;
+        }
+        s.write_all(&buf[..n]).expect("echo");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
