@@ -5,6 +5,8 @@
 //! results and SVG plots under `target/ember-bench/`.
 #![allow(dead_code)]
 
+pub mod console_vm;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
