@@ -74,7 +74,7 @@ struct Cli {
     #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC]")]
     net: Vec<String>,
     /// A virtio-vsock device, `cid=N,socket=PATH`: host processes connect to PATH and write
-    /// `CONNECT <port>` to reach guest port <port>; guest connections to host port P go to
+    /// `CONNECT <port>` to reach that guest port; guest connections to host port P go to
     /// PATH_P (Firecracker's protocol). PATH must not exist; it is removed at exit.
     #[arg(long, value_name = "cid=N,socket=PATH")]
     vsock: Option<String>,
