@@ -278,6 +278,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
                 command: restore_command,
                 seccomp: config.seccomp,
                 console_marker: config.console_marker.clone(),
+                paused: false,
             },
         ),
         None => Vm::start_with_console(config, console),

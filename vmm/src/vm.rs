@@ -157,6 +157,9 @@ pub struct RestoreOptions {
     pub seccomp: SeccompMode,
     /// A console marker to timestamp.
     pub console_marker: Option<String>,
+    /// Start paused: no guest instruction runs until [`VmHandle::resume`] (a Firecracker
+    /// snapshot load without `resume_vm`). The restore returns once the VM is paused.
+    pub paused: bool,
 }
 
 /// Entry point: starts VMs.
@@ -208,6 +211,7 @@ impl Vm {
             command,
             seccomp,
             console_marker,
+            paused,
         } = options;
         let dir = dir.as_ref();
         let start = Instant::now();
@@ -315,7 +319,11 @@ impl Vm {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let restored = Instant::now();
-        launch(
+        if paused {
+            // Every thread parks before its first guest instruction.
+            control.request_pause();
+        }
+        let handle = launch(
             Parts {
                 file_backed: true,
                 config,
@@ -327,7 +335,11 @@ impl Vm {
                 console_in_writer,
             },
             (start, config_validated, memory_ready, restored),
-        )
+        )?;
+        if paused {
+            handle.pause()?;
+        }
+        Ok(handle)
     }
 
     /// Starts a VM whose console is `console`. Every error in the configuration, the images
@@ -832,6 +844,36 @@ impl VmHandle {
         VmStopper {
             control: self.control.clone(),
             i8042: self.i8042.clone(),
+        }
+    }
+}
+
+/// A cloneable way to wait for a VM's end from another thread while its [`VmHandle`] stays
+/// with its owner (an API server that answers requests while the VM runs).
+#[derive(Clone)]
+pub struct VmEndWaiter {
+    done: Arc<Done>,
+}
+
+impl VmEndWaiter {
+    /// Waits until the VM ends and returns how. The owner still calls [`VmHandle::wait`]
+    /// (which then returns at once) to join the VM's threads.
+    pub fn wait(&self) -> VmExit {
+        let mut g = self.done.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = g.as_ref() {
+                return r.clone();
+            }
+            g = self.done.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl VmHandle {
+    /// A waiter for this VM's end, for another thread.
+    pub fn end_waiter(&self) -> VmEndWaiter {
+        VmEndWaiter {
+            done: self.done.clone(),
         }
     }
 }
