@@ -212,3 +212,5 @@ impl ChildExt for std::process::Child {
         output_within(self, WAIT_LIMIT)
     }
 }
+
+pub mod api_client;
