@@ -98,7 +98,7 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     );
     a.wait_for_console("tick-2", T);
     let console = a.stdout();
-    assert!(console.contains("Run /init as init process"), "{console}");
+    assert!(console.contains("Run /sbin/init as init process"), "{console}");
     assert!(
         console.contains("/dev/vda") || console.contains("VFS: Mounted root"),
         "the root drive is the root filesystem: {console}"
@@ -166,7 +166,7 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     let next = last_before_snapshot + 1;
     b.wait_for_console(&format!("tick-{next}"), T);
     let restored = b.stdout();
-    assert!(!restored.contains("Run /init"), "restored, not booted: {restored}");
+    assert!(!restored.contains("as init process"), "restored, not booted: {restored}");
     assert!(
         ticks(&restored).iter().all(|t| *t > last_before_snapshot),
         "the count goes on from the snapshot: {restored}"
