@@ -429,10 +429,17 @@ fn run_api(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         events,
     );
     if let Some(file) = &cli.config_file {
-        let json = std::fs::read_to_string(file).map_err(|e| {
-            format!("Cannot read the configuration file {}: {e}", file.display())
-        })?;
-        controller.configure_from_file(&json)?;
+        let configured = std::fs::read_to_string(file)
+            .map_err(|e| format!("Cannot read the configuration file {}: {e}", file.display()))
+            .and_then(|json| controller.configure_from_file(&json));
+        if let Err(e) = configured {
+            // The channel first: a request the API thread waits on is then answered (503)
+            // and the thread can stop.
+            drop(controller);
+            drop(inbox);
+            drop(server);
+            return Err(e);
+        }
     }
     let outcome = controller.run(inbox);
     if let Some(s) = server {
