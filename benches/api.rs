@@ -60,7 +60,9 @@ fn spawn(args: &[String]) -> Proc {
             let at = spawned.elapsed().as_secs_f64() * 1e3;
             pending.extend_from_slice(&buf[..n]);
             while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                let line = String::from_utf8_lossy(&pending[..i]).trim_end().to_string();
+                let line = String::from_utf8_lossy(&pending[..i])
+                    .trim_end()
+                    .to_string();
                 l.lock().expect("lines").push((at, line));
                 pending.drain(..=i);
             }
@@ -161,13 +163,23 @@ fn socket_ready(dir: &Path, i: usize) -> (f64, f64) {
 
 /// The API path for a VM: configure and start; returns the process and when InstanceStart
 /// was sent (ms since spawn).
-fn api_start(dir: &Path, i: usize, kernel: &Path, initrd: Option<&Path>, args: &str, mib: u64, extra: &[&str]) -> (Proc, f64) {
+fn api_start(
+    dir: &Path,
+    i: usize,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    args: &str,
+    mib: u64,
+    extra: &[&str],
+) -> (Proc, f64) {
     let sock = sock_path(dir, i);
     let mut a = vec!["--api-sock".to_string(), sock.display().to_string()];
     a.extend(extra.iter().map(|s| s.to_string()));
     let p = spawn(&a);
     wait_for_socket(&sock);
-    let initrd = initrd.map_or(String::new(), |i| format!(r#", "initrd_path": "{}""#, i.display()));
+    let initrd = initrd.map_or(String::new(), |i| {
+        format!(r#", "initrd_path": "{}""#, i.display())
+    });
     let boot = format!(
         r#"{{"kernel_image_path": "{}"{initrd}, "boot_args": "{args}"}}"#,
         kernel.display()
@@ -177,7 +189,12 @@ fn api_start(dir: &Path, i: usize, kernel: &Path, initrd: Option<&Path>, args: &
     assert_eq!(request(&sock, "PUT", "/machine-config", Some(&mc)), 204);
     let sent = p.ms();
     assert_eq!(
-        request(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)),
+        request(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        ),
         204
     );
     (p, sent)
@@ -216,13 +233,19 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("dir");
     let tiny = harness::build_guest("tiny", "tiny.ld");
 
-    let (mut accepting, mut answered, mut tiny_api, mut tiny_cli) = (vec![], vec![], vec![], vec![]);
+    let (mut accepting, mut answered, mut tiny_api, mut tiny_cli) =
+        (vec![], vec![], vec![], vec![]);
     for i in 0..n_tiny {
         let (a, b) = socket_ready(&dir, i);
         accepting.push(a);
         answered.push(b);
         let (mut p, _) = api_start(&dir, i, &tiny, None, "action=exit:0", 64, &[]);
-        assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.stderr.lock().expect("e"));
+        assert_eq!(
+            p.wait(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            p.stderr.lock().expect("e")
+        );
         tiny_api.push(p.ms());
         let mut c = spawn(&[
             "--kernel".into(),
@@ -240,10 +263,19 @@ fn main() {
     let initrd = harness::initramfs();
     let cmd = vmm::command::encode(&["true".to_string()]).expect("encodable");
     let args = format!("{} {cmd}", vmm::DEFAULT_CMDLINE);
-    let (mut api_timer, mut api_ready, mut cli_timer, mut cli_ready) = (vec![], vec![], vec![], vec![]);
+    let (mut api_timer, mut api_ready, mut cli_timer, mut cli_ready) =
+        (vec![], vec![], vec![], vec![]);
     for i in 0..n_linux {
         eprintln!("bench: Linux boot {}/{n_linux} (API)", i + 1);
-        let (mut p, sent) = api_start(&dir, 1000 + i, &vmlinux, Some(&initrd), &args, 256, &["--boot-timer"]);
+        let (mut p, sent) = api_start(
+            &dir,
+            1000 + i,
+            &vmlinux,
+            Some(&initrd),
+            &args,
+            256,
+            &["--boot-timer"],
+        );
         let code = p.wait(LINUX_TIMEOUT);
         let stderr = p.stderr.lock().expect("stderr").clone();
         assert_eq!(code, Some(0), "{stderr}");
@@ -284,10 +316,28 @@ fn main() {
     let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
     println!("| figure (median, ms)                                   |       API |       CLI |");
     println!("|-------------------------------------------------------|-----------|-----------|");
-    println!("| spawn to socket accepting                             | {:>9} |         - |", f(med(&accepting)));
-    println!("| spawn to first answer (GET /version)                  | {:>9} |         - |", f(med(&answered)));
-    println!("| tiny guest: spawn to exit (API: configure + start)    | {:>9} | {:>9} |", f(med(&tiny_api)), f(med(&tiny_cli)));
-    println!("| Linux: InstanceStart (API) / spawn (CLI) to boot timer | {:>9} | {:>9} |", f(med(&api_timer)), f(med(&cli_timer)));
-    println!("| Linux: InstanceStart (API) / spawn (CLI) to ready line | {:>9} | {:>9} |", f(med(&api_ready)), f(med(&cli_ready)));
+    println!(
+        "| spawn to socket accepting                             | {:>9} |         - |",
+        f(med(&accepting))
+    );
+    println!(
+        "| spawn to first answer (GET /version)                  | {:>9} |         - |",
+        f(med(&answered))
+    );
+    println!(
+        "| tiny guest: spawn to exit (API: configure + start)    | {:>9} | {:>9} |",
+        f(med(&tiny_api)),
+        f(med(&tiny_cli))
+    );
+    println!(
+        "| Linux: InstanceStart (API) / spawn (CLI) to boot timer | {:>9} | {:>9} |",
+        f(med(&api_timer)),
+        f(med(&cli_timer))
+    );
+    println!(
+        "| Linux: InstanceStart (API) / spawn (CLI) to ready line | {:>9} | {:>9} |",
+        f(med(&api_ready)),
+        f(med(&cli_ready))
+    );
     println!("\nJSON: {}", json_path.display());
 }

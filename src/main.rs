@@ -457,7 +457,9 @@ fn run_api(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
         if let Some(t) = exit.timestamps.boot_timer {
             eprintln!(
                 "ember:   InstanceStart to boot-timer signal: {:.3} ms",
-                t.saturating_duration_since(exit.timestamps.start).as_secs_f64() * 1e3
+                t.saturating_duration_since(exit.timestamps.start)
+                    .as_secs_f64()
+                    * 1e3
             );
         }
     }

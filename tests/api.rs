@@ -66,7 +66,10 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     a.ok(
         "PUT",
         "/boot-source",
-        &format!(r#"{{"kernel_image_path": "{}", "boot_args": "{boot_args}"}}"#, s(vmlinux)),
+        &format!(
+            r#"{{"kernel_image_path": "{}", "boot_args": "{boot_args}"}}"#,
+            s(vmlinux)
+        ),
     );
     a.ok(
         "PUT",
@@ -76,7 +79,11 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
             s(rootfs)
         ),
     );
-    a.ok("PUT", "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 256}"#);
+    a.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+    );
     let (status, cfg) = a.request("GET", "/vm/config", None);
     assert_eq!(status, 200);
     let cfg: serde_json::Value = serde_json::from_str(&cfg).expect("json");
@@ -87,18 +94,36 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     assert_eq!(a.state(), "Running");
     // What may not change after the start.
     let after = "The requested operation is not supported after starting the microVM.";
-    assert_eq!(a.fault("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)), after);
     assert_eq!(
-        a.fault("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#)),
+        a.fault(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        ),
         after
     );
     assert_eq!(
-        a.fault("PUT", "/boot-source", Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, s(vmlinux)))),
+        a.fault(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#)
+        ),
+        after
+    );
+    assert_eq!(
+        a.fault(
+            "PUT",
+            "/boot-source",
+            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, s(vmlinux)))
+        ),
         after
     );
     a.wait_for_console("tick-2", T);
     let console = a.stdout();
-    assert!(console.contains("Run /sbin/init as init process"), "{console}");
+    assert!(
+        console.contains("Run /sbin/init as init process"),
+        "{console}"
+    );
     assert!(
         console.contains("/dev/vda") || console.contains("VFS: Mounted root"),
         "the root drive is the root filesystem: {console}"
@@ -110,7 +135,11 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     std::thread::sleep(Duration::from_millis(500));
     let paused_at = ticks(&a.stdout()).len();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(ticks(&a.stdout()).len(), paused_at, "a paused guest prints nothing");
+    assert_eq!(
+        ticks(&a.stdout()).len(),
+        paused_at,
+        "a paused guest prints nothing"
+    );
     let (snap, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
     a.ok(
         "PUT",
@@ -145,9 +174,16 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     let e = b.fault(
         "PUT",
         "/snapshot/load",
-        Some(&format!(r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#, s(&snap), s(&copy))),
+        Some(&format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            s(&snap),
+            s(&copy)
+        )),
     );
-    assert!(e.contains("is not the memory file of the Ember snapshot"), "{e}");
+    assert!(
+        e.contains("is not the memory file of the Ember snapshot"),
+        "{e}"
+    );
     b.ok(
         "PUT",
         "/snapshot/load",
@@ -166,7 +202,10 @@ fn firecracker_getting_started_then_pause_snapshot_resume_and_load_in_a_new_proc
     let next = last_before_snapshot + 1;
     b.wait_for_console(&format!("tick-{next}"), T);
     let restored = b.stdout();
-    assert!(!restored.contains("as init process"), "restored, not booted: {restored}");
+    assert!(
+        !restored.contains("as init process"),
+        "restored, not booted: {restored}"
+    );
     assert!(
         ticks(&restored).iter().all(|t| *t > last_before_snapshot),
         "the count goes on from the snapshot: {restored}"
@@ -186,48 +225,113 @@ fn bad_requests_get_firecrackers_answers_and_the_vm_and_the_api_keep_working() {
     let e = Ember::spawn(&dir, "fc.sock", &[]);
     // Out of order, before the start.
     let before = "The requested operation is not supported before starting the microVM.";
-    assert_eq!(e.fault("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)), before);
-    assert_eq!(e.fault("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)), before);
     assert_eq!(
-        e.fault("PUT", "/snapshot/create", Some(r#"{"snapshot_path": "/x", "mem_file_path": "/y"}"#)),
+        e.fault("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)),
+        before
+    );
+    assert_eq!(
+        e.fault(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        ),
+        before
+    );
+    assert_eq!(
+        e.fault(
+            "PUT",
+            "/snapshot/create",
+            Some(r#"{"snapshot_path": "/x", "mem_file_path": "/y"}"#)
+        ),
         before
     );
     assert!(e
-        .fault("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#))
+        .fault(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
         .contains("Cannot start microvm without kernel configuration"));
     // Malformed JSON, unknown fields, wrong types, unsupported fields and paths.
-    let m = e.fault("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": }"#));
-    assert!(m.starts_with("An error occurred when deserializing the json body of a request"), "{m}");
+    let m = e.fault(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": }"#),
+    );
+    assert!(
+        m.starts_with("An error occurred when deserializing the json body of a request"),
+        "{m}"
+    );
     assert!(e
-        .fault("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpus": 2}"#))
+        .fault(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpus": 2}"#)
+        )
         .contains("unknown field `cpus`"));
     assert!(e
-        .fault("PUT", "/machine-config", Some(r#"{"vcpu_count": "one", "mem_size_mib": 128}"#))
+        .fault(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": "one", "mem_size_mib": 128}"#)
+        )
         .contains("invalid type"));
     assert!(e
-        .fault("PUT", "/machine-config", Some(r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#))
+        .fault(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 2, "mem_size_mib": 128, "smt": true}"#)
+        )
         .contains("smt=true is not supported by Ember"));
     assert!(e
         .fault("PUT", "/drives/d", Some(r#"{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "io_engine": "Async"}"#))
         .contains("io_engine Async"));
-    assert!(e.fault("PUT", "/balloon", Some("{}")).contains("not supported by Ember"));
-    assert!(e.fault("GET", "/nothing", None).starts_with("Invalid request method and/or path"));
+    assert!(e
+        .fault("PUT", "/balloon", Some("{}"))
+        .contains("not supported by Ember"));
+    assert!(e
+        .fault("GET", "/nothing", None)
+        .starts_with("Invalid request method and/or path"));
     // Framing: oversized body, chunked, garbage; each answered and the connection closed.
     let big = format!("{{\"kernel_image_path\": \"{}\"}}", "k".repeat(60_000));
-    let (code, text) = parse(&exchange(&e.sock, &request_bytes("PUT", "/boot-source", Some(&big))));
+    let (code, text) = parse(&exchange(
+        &e.sock,
+        &request_bytes("PUT", "/boot-source", Some(&big)),
+    ));
     assert_eq!(code, 400);
     assert!(text.contains("larger than the limit of 51200"), "{text}");
-    let r = exchange(&e.sock, b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    let r = exchange(
+        &e.sock,
+        b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
     assert!(r.starts_with("HTTP/1.1 501"), "{r}");
     assert!(exchange(&e.sock, b"NONSENSE\r\n\r\n").starts_with("HTTP/1.1 400"));
 
     // Start the tiny guest waiting for Ctrl+Alt+Del; then the same abuse while it runs.
     let tiny = tiny_guest();
-    e.ok("PUT", "/boot-source", &format!(r#"{{"kernel_image_path": "{}", "boot_args": "action=kbd"}}"#, s(tiny)));
-    e.ok("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 64}"#);
+    e.ok(
+        "PUT",
+        "/boot-source",
+        &format!(
+            r#"{{"kernel_image_path": "{}", "boot_args": "action=kbd"}}"#,
+            s(tiny)
+        ),
+    );
+    e.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
     e.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     let after = "The requested operation is not supported after starting the microVM.";
-    assert_eq!(e.fault("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)), after);
+    assert_eq!(
+        e.fault(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        ),
+        after
+    );
     // A client that connects and sends nothing, one that leaves mid-request.
     let _silent = std::os::unix::net::UnixStream::connect(&e.sock).expect("connect");
     {
@@ -236,8 +340,15 @@ fn bad_requests_get_firecrackers_answers_and_the_vm_and_the_api_keep_working() {
         half.write_all(b"PATCH /vm HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"sta")
             .expect("half");
     }
-    assert!(e.fault("PATCH", "/vm", Some("{\"state\": \"Sleeping\"}")).contains("unknown variant"));
-    assert!(e.fault("PUT", "/snapshot/create", Some(r#"{"snapshot_path": "/x", "mem_file_path": "/y"}"#))
+    assert!(e
+        .fault("PATCH", "/vm", Some("{\"state\": \"Sleeping\"}"))
+        .contains("unknown variant"));
+    assert!(e
+        .fault(
+            "PUT",
+            "/snapshot/create",
+            Some(r#"{"snapshot_path": "/x", "mem_file_path": "/y"}"#)
+        )
         .contains("must be paused first"));
     // Pause and resume work, the guest is alive and answers Ctrl+Alt+Del with its status 77.
     e.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
@@ -245,7 +356,11 @@ fn bad_requests_get_firecrackers_answers_and_the_vm_and_the_api_keep_working() {
     e.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let deadline = Instant::now() + T;
     loop {
-        let (status, body) = e.request("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#));
+        let (status, body) = e.request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        );
         if status == 204 {
             break;
         }
@@ -280,7 +395,10 @@ fn no_api_config_file_boots_at_once_and_exits_with_the_guests_status() {
     std::fs::write(&file, config("action=print say=from-config-file status=9")).expect("write");
     let mut e = Ember::spawn_args(&["--no-api", "--config-file", s(&file)]);
     assert_eq!(e.wait(T).code(), Some(9), "stderr: {}", e.stderr());
-    assert!(e.stdout().contains("from-config-file"), "the console is on stdout");
+    assert!(
+        e.stdout().contains("from-config-file"),
+        "the console is on stdout"
+    );
     // With the API as well: the VM starts from the file, and the API serves it.
     let waiting = dir.join("kbd.json");
     std::fs::write(&waiting, config("action=kbd")).expect("write");
@@ -289,7 +407,15 @@ fn no_api_config_file_boots_at_once_and_exits_with_the_guests_status() {
     let (_, cfg) = a.request("GET", "/vm/config", None);
     assert!(cfg.contains("action=kbd"), "{cfg}");
     let deadline = Instant::now() + T;
-    while a.request("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)).0 != 204 {
+    while a
+        .request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        )
+        .0
+        != 204
+    {
         assert!(Instant::now() < deadline, "the keyboard never became ready");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -318,7 +444,10 @@ fn the_socket_must_not_exist_and_a_signal_before_the_start_ends_the_process() {
     let mut e = Ember::spawn_args(&["--api-sock", s(&sock)]);
     assert_eq!(e.wait(T).code(), Some(1));
     let err = e.stderr();
-    assert!(err.starts_with("ember: Failed to bind the API socket"), "{err}");
+    assert!(
+        err.starts_with("ember: Failed to bind the API socket"),
+        "{err}"
+    );
     assert!(err.contains("Address already in use"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(sock.exists(), "someone else's file is left alone");

@@ -29,7 +29,7 @@ pub const FIRECRACKER_API_VERSION: &str = "1.17.0-dev";
 /// What reaches the controller.
 pub enum Event {
     /// A request from the API thread, answered on the sender.
-    Request(Action, Sender<Response>),
+    Request(Box<Action>, Sender<Response>),
     /// The VM ended (sent by a watcher thread).
     VmEnded,
     /// The process got a stop signal.
@@ -149,7 +149,7 @@ impl Controller {
             match event {
                 None => self.on_deadline(),
                 Some(Event::Request(action, reply)) => {
-                    let response = self.respond(action);
+                    let response = self.respond(*action);
                     let _ = reply.send(response);
                 }
                 Some(Event::VmEnded) => return self.finish(),
@@ -302,7 +302,12 @@ impl Controller {
             // Post-boot only.
             _ if !started => Err(ActionError::NotPreBoot),
             Action::PatchDrive(d) => {
-                if !self.resources.drives.iter().any(|x| x.drive_id == d.drive_id) {
+                if !self
+                    .resources
+                    .drives
+                    .iter()
+                    .any(|x| x.drive_id == d.drive_id)
+                {
                     return Err(ActionError::Config(ResourceError::Drive(format!(
                         "No drive with id {}",
                         d.drive_id
@@ -361,8 +366,8 @@ impl Controller {
         config.console_marker = self.opts.console_marker.clone();
         let console = (self.opts.console)()
             .map_err(|e| ActionError::Start(format!("Cannot set up the console: {e}")))?;
-        let handle = Vm::start_with_console(config, console)
-            .map_err(|e| ActionError::Start(chain(&e)))?;
+        let handle =
+            Vm::start_with_console(config, console).map_err(|e| ActionError::Start(chain(&e)))?;
         self.started(handle);
         Ok(())
     }
@@ -375,9 +380,7 @@ impl Controller {
             ));
         }
         let dir = std::path::Path::new(&l.snapshot_path);
-        let mem = l
-            .mem_file()
-            .map_err(|e| ActionError::LoadSnapshot(e.0))?;
+        let mem = l.mem_file().map_err(|e| ActionError::LoadSnapshot(e.0))?;
         crate::snapshot::check_pair(dir, std::path::Path::new(mem))
             .map_err(|e| ActionError::LoadSnapshot(chain(&e)))?;
         // What the snapshot's machine is, for GET /vm/config and /machine-config.
@@ -451,8 +454,8 @@ impl Controller {
     /// Applies a Firecracker configuration file (`--config-file`) and starts the VM, as
     /// Firecracker does: the same checks as the API's, one line on error.
     pub fn configure_from_file(&mut self, json: &str) -> Result<(), String> {
-        let c: models::ConfigFile = serde_json::from_str(json)
-            .map_err(|e| format!("Invalid configuration file: {e}"))?;
+        let c: models::ConfigFile =
+            serde_json::from_str(json).map_err(|e| format!("Invalid configuration file: {e}"))?;
         c.check().map_err(|e| e.0)?;
         let mut actions = Vec::new();
         actions.extend(c.logger.map(Action::PutLogger));
@@ -542,10 +545,16 @@ mod tests {
             err(&mut c, Action::InstanceStart),
             "Start microvm error: Cannot start microvm without kernel configuration."
         );
-        let info = c.handle(Action::GetInstanceInfo).expect("info").expect("json");
+        let info = c
+            .handle(Action::GetInstanceInfo)
+            .expect("info")
+            .expect("json");
         assert_eq!(info["state"], "Not started");
         assert_eq!(info["id"], "anonymous-instance");
-        let m = c.handle(Action::GetMachineConfig).expect("cfg").expect("json");
+        let m = c
+            .handle(Action::GetMachineConfig)
+            .expect("cfg")
+            .expect("json");
         assert_eq!(m["mem_size_mib"], 128);
         c.handle(Action::PatchMachineConfig(models::MachineConfigUpdate {
             vcpu_count: Some(2),
@@ -581,7 +590,10 @@ mod tests {
                 boot_args: None,
             }),
         );
-        assert!(e.starts_with("Boot source error: The kernel file cannot be opened"), "{e}");
+        assert!(
+            e.starts_with("Boot source error: The kernel file cannot be opened"),
+            "{e}"
+        );
         let full = c.handle(Action::GetFullConfig).expect("cfg").expect("json");
         assert_eq!(full["boot-source"]["kernel_image_path"], "");
         assert_eq!(full["drives"], json!([]));

@@ -80,7 +80,7 @@ impl RequestReader {
     }
 
     /// The next whole request, if its bytes are all in.
-    pub fn next(&mut self) -> Result<Next, FramingError> {
+    pub fn next_request(&mut self) -> Result<Next, FramingError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(&self.buf) {
@@ -273,7 +273,7 @@ mod tests {
     fn one(bytes: &[u8]) -> Result<Next, FramingError> {
         let mut r = RequestReader::default();
         r.feed(bytes);
-        r.next()
+        r.next_request()
     }
 
     fn request(bytes: &[u8]) -> Request {
@@ -288,7 +288,10 @@ mod tests {
         let r = request(b"PUT /actions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 31\r\n\r\n{\"action_type\": \"InstanceStart\"}");
         assert_eq!(r.method, "PUT");
         assert_eq!(r.path, "/actions");
-        assert_eq!(r.body.as_deref(), Some(&b"{\"action_type\": \"InstanceStart\""[..]));
+        assert_eq!(
+            r.body.as_deref(),
+            Some(&b"{\"action_type\": \"InstanceStart\""[..])
+        );
         assert!(r.keep_alive);
         // No Content-Length: no body, whatever follows is the next request.
         let r = request(b"GET / HTTP/1.1\r\n\r\n");
@@ -303,11 +306,19 @@ mod tests {
         let mut r = RequestReader::default();
         for (i, b) in msg.iter().enumerate() {
             r.feed(&[*b]);
-            let n = r.next().expect("valid so far");
+            let n = r.next_request().expect("valid so far");
             if i + 1 < msg.len() {
-                assert_eq!(n, Next::Partial { send_continue: false }, "at byte {i}");
+                assert_eq!(
+                    n,
+                    Next::Partial {
+                        send_continue: false
+                    },
+                    "at byte {i}"
+                );
             } else {
-                assert!(matches!(n, Next::Request(ref q) if q.body.as_deref() == Some(&b"{\"state\":\"Paused\"}"[..])));
+                assert!(
+                    matches!(n, Next::Request(ref q) if q.body.as_deref() == Some(&b"{\"state\":\"Paused\"}"[..]))
+                );
             }
         }
         assert!(!r.has_partial());
@@ -318,57 +329,103 @@ mod tests {
         let mut r = RequestReader::default();
         r.feed(b"GET /version HTTP/1.1\r\n\r\nPUT /logger HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
         let paths: Vec<(String, bool)> = (0..3)
-            .map(|_| match r.next() {
+            .map(|_| match r.next_request() {
                 Ok(Next::Request(q)) => (q.path, q.keep_alive),
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(
             paths,
-            [("/version".into(), true), ("/logger".into(), true), ("/".into(), false)]
+            [
+                ("/version".into(), true),
+                ("/logger".into(), true),
+                ("/".into(), false)
+            ]
         );
-        assert_eq!(r.next(), Ok(Next::Partial { send_continue: false }));
+        assert_eq!(
+            r.next_request(),
+            Ok(Next::Partial {
+                send_continue: false
+            })
+        );
     }
 
     #[test]
     fn expect_continue_is_answered_once() {
         let mut r = RequestReader::default();
         r.feed(b"PUT /drives/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
-        assert_eq!(r.next(), Ok(Next::Partial { send_continue: true }));
-        assert_eq!(r.next(), Ok(Next::Partial { send_continue: false }));
+        assert_eq!(
+            r.next_request(),
+            Ok(Next::Partial {
+                send_continue: true
+            })
+        );
+        assert_eq!(
+            r.next_request(),
+            Ok(Next::Partial {
+                send_continue: false
+            })
+        );
         r.feed(b"{}");
-        assert!(matches!(r.next(), Ok(Next::Request(_))));
+        assert!(matches!(r.next_request(), Ok(Next::Request(_))));
     }
 
     #[test]
     fn oversized_chunked_and_malformed_requests_are_refused() {
-        let big = format!("PUT /drives/a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY_BYTES + 1);
+        let big = format!(
+            "PUT /drives/a HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
         let e = one(big.as_bytes()).expect_err("too big");
         assert_eq!(e.status, 400);
         assert!(e.message.contains("larger than the limit of 51200"), "{e}");
-        let e = one(b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-            .expect_err("chunked");
+        let e = one(
+            b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .expect_err("chunked");
         assert_eq!(e.status, 501);
         assert_eq!(one(b"GARBAGE\r\n\r\n").expect_err("bad").status, 400);
-        assert_eq!(one(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").expect_err("bad").status, 400);
         assert_eq!(
-            one(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").expect_err("bad").status,
+            one(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+                .expect_err("bad")
+                .status,
             400
         );
-        let huge_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEADER_BYTES));
-        assert!(one(huge_header.as_bytes()).expect_err("bad").message.contains("8192"));
+        assert_eq!(
+            one(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .expect_err("bad")
+                .status,
+            400
+        );
+        let huge_header = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEADER_BYTES)
+        );
+        assert!(one(huge_header.as_bytes())
+            .expect_err("bad")
+            .message
+            .contains("8192"));
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEADER_BYTES + 10));
         assert_eq!(one(endless.as_bytes()).expect_err("bad").status, 400);
         let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
         let e = one(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()).expect_err("many");
         assert!(e.message.contains("header fields"), "{e}");
-        assert_eq!(one(b"GET foo HTTP/1.1\r\n\r\n").expect_err("uri").status, 400);
+        assert_eq!(
+            one(b"GET foo HTTP/1.1\r\n\r\n").expect_err("uri").status,
+            400
+        );
     }
 
     #[test]
     fn targets_and_versions() {
-        assert_eq!(request(b"GET http://localhost/machine-config HTTP/1.1\r\n\r\n").path, "/machine-config");
-        assert_eq!(request(b"GET /vm/config?x=1 HTTP/1.1\r\n\r\n").path, "/vm/config");
+        assert_eq!(
+            request(b"GET http://localhost/machine-config HTTP/1.1\r\n\r\n").path,
+            "/machine-config"
+        );
+        assert_eq!(
+            request(b"GET /vm/config?x=1 HTTP/1.1\r\n\r\n").path,
+            "/vm/config"
+        );
         assert!(!request(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
     }
@@ -376,11 +433,18 @@ mod tests {
     #[test]
     fn responses() {
         let r = Response::no_content().to_bytes(true);
-        assert_eq!(r, b"HTTP/1.1 204 No Content\r\nServer: Ember API\r\nConnection: keep-alive\r\n\r\n");
-        let r = String::from_utf8(Response::fault(400, "bad \"x\"").to_bytes(false)).expect("utf-8");
+        assert_eq!(
+            r,
+            b"HTTP/1.1 204 No Content\r\nServer: Ember API\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let r =
+            String::from_utf8(Response::fault(400, "bad \"x\"").to_bytes(false)).expect("utf-8");
         assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(r.contains("Connection: close\r\n"));
         assert!(r.ends_with("\r\n\r\n{\"fault_message\":\"bad \\\"x\\\"\"}"));
-        assert!(r.contains(&format!("Content-Length: {}\r\n", "{\"fault_message\":\"bad \\\"x\\\"\"}".len())));
+        assert!(r.contains(&format!(
+            "Content-Length: {}\r\n",
+            "{\"fault_message\":\"bad \\\"x\\\"\"}".len()
+        )));
     }
 }

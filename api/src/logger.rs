@@ -60,7 +60,10 @@ impl log::Log for ApiLogger {
         }
         let t = self.target.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = &t.module {
-            if !record.module_path().is_some_and(|p| p.starts_with(m.as_str())) {
+            if !record
+                .module_path()
+                .is_some_and(|p| p.starts_with(m.as_str()))
+            {
                 return;
             }
         }

@@ -738,7 +738,10 @@ mod tests {
     fn defaults_are_firecrackers() {
         let m: MachineConfig =
             parse_body(br#"{"vcpu_count": 2, "mem_size_mib": 256}"#).expect("valid");
-        assert_eq!((m.smt, m.track_dirty_pages, m.huge_pages), (false, false, HugePages::None));
+        assert_eq!(
+            (m.smt, m.track_dirty_pages, m.huge_pages),
+            (false, false, HugePages::None)
+        );
         assert_eq!(
             serde_json::to_value(MachineConfig::default()).expect("json"),
             serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false,
@@ -755,17 +758,23 @@ mod tests {
     fn what_ember_cannot_honour_is_refused_by_name_and_defaults_pass() {
         let drive = |extra: &str| -> Drive {
             parse_body(
-                format!(r#"{{"drive_id": "d", "path_on_host": "/d", "is_root_device": false{extra}}}"#)
-                    .as_bytes(),
+                format!(
+                    r#"{{"drive_id": "d", "path_on_host": "/d", "is_root_device": false{extra}}}"#
+                )
+                .as_bytes(),
             )
             .expect("valid json")
         };
-        assert!(drive(r#", "io_engine": "Sync", "rate_limiter": null"#).check().is_ok());
-        // An empty or zero-size limiter limits nothing in Firecracker either.
-        assert!(drive(r#", "rate_limiter": {}"#).check().is_ok());
-        assert!(drive(r#", "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}"#)
+        assert!(drive(r#", "io_engine": "Sync", "rate_limiter": null"#)
             .check()
             .is_ok());
+        // An empty or zero-size limiter limits nothing in Firecracker either.
+        assert!(drive(r#", "rate_limiter": {}"#).check().is_ok());
+        assert!(
+            drive(r#", "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}"#)
+                .check()
+                .is_ok()
+        );
         let e = drive(r#", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}"#).check();
         assert!(e.expect_err("refused").0.contains("rate_limiter"));
         let e = drive(r#", "io_engine": "Async""#).check();
@@ -775,28 +784,48 @@ mod tests {
         let m = |j: &str| -> MachineConfig { parse_body(j.as_bytes()).expect("json") };
         assert!(m(r#"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "None", "huge_pages": "Transparent"}"#).check().is_ok());
         for (j, name) in [
-            (r#"{"vcpu_count": 2, "mem_size_mib": 64, "smt": true}"#, "smt"),
-            (r#"{"vcpu_count": 2, "mem_size_mib": 64, "cpu_template": "T2"}"#, "cpu_template"),
-            (r#"{"vcpu_count": 2, "mem_size_mib": 64, "track_dirty_pages": true}"#, "track_dirty_pages"),
-            (r#"{"vcpu_count": 2, "mem_size_mib": 64, "huge_pages": "2M"}"#, "huge_pages"),
+            (
+                r#"{"vcpu_count": 2, "mem_size_mib": 64, "smt": true}"#,
+                "smt",
+            ),
+            (
+                r#"{"vcpu_count": 2, "mem_size_mib": 64, "cpu_template": "T2"}"#,
+                "cpu_template",
+            ),
+            (
+                r#"{"vcpu_count": 2, "mem_size_mib": 64, "track_dirty_pages": true}"#,
+                "track_dirty_pages",
+            ),
+            (
+                r#"{"vcpu_count": 2, "mem_size_mib": 64, "huge_pages": "2M"}"#,
+                "huge_pages",
+            ),
         ] {
             assert!(m(j).check().expect_err(j).0.contains(name), "{j}");
         }
         let n: NetworkInterface =
-            parse_body(br#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 9000}"#).expect("json");
-        assert!(n.check().expect_err("mtu").0.contains("mtu"));
-        let s: SnapshotCreate =
-            parse_body(br#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#)
+            parse_body(br#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 9000}"#)
                 .expect("json");
+        assert!(n.check().expect_err("mtu").0.contains("mtu"));
+        let s: SnapshotCreate = parse_body(
+            br#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        )
+        .expect("json");
         assert!(s.check().expect_err("diff").0.contains("Diff"));
     }
 
     #[test]
     fn snapshot_load_wants_exactly_one_memory_source() {
         let l = |j: &str| -> SnapshotLoad { parse_body(j.as_bytes()).expect("json") };
-        assert!(l(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#).check().is_ok());
+        assert!(l(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
+            .check()
+            .is_ok());
         assert!(l(r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": true}"#).check().is_ok());
-        assert!(l(r#"{"snapshot_path": "/s"}"#).check().expect_err("none").0.contains("missing field"));
+        assert!(l(r#"{"snapshot_path": "/s"}"#)
+            .check()
+            .expect_err("none")
+            .0
+            .contains("missing field"));
         assert!(l(r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#)
             .check().expect_err("two").0.contains("too many fields"));
         assert!(l(r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#)
@@ -817,7 +846,9 @@ mod tests {
         )
         .expect("json");
         assert!(c.check().expect_err("balloon").0.contains("balloon"));
-        let e = serde_json::from_str::<ConfigFile>(r#"{"boot-source": {"kernel_image_path": "/k"}, "frobnicate": 1}"#);
+        let e = serde_json::from_str::<ConfigFile>(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "frobnicate": 1}"#,
+        );
         assert!(e.expect_err("unknown").to_string().contains("frobnicate"));
     }
 }

@@ -164,7 +164,9 @@ impl Resources {
             tap: n.host_dev_name.clone(),
             mac: n.guest_mac.clone(),
         };
-        let mac = cfg.mac_bytes(0).map_err(|e| ResourceError::Net(chain(&e)))?;
+        let mac = cfg
+            .mac_bytes(0)
+            .map_err(|e| ResourceError::Net(chain(&e)))?;
         if n.guest_mac.is_some()
             && self.nets.iter().any(|x| {
                 x.iface_id != n.iface_id
@@ -243,7 +245,9 @@ impl Resources {
             )
             .trim()
             .to_string(),
-            None => format!("{} {root_args}", words.join(" ")).trim().to_string(),
+            None => format!("{} {root_args}", words.join(" "))
+                .trim()
+                .to_string(),
         }
     }
 
@@ -398,13 +402,19 @@ mod tests {
         assert_eq!(r.drives[0].drive_id, "rootfs");
         assert_eq!(
             r.insert_drive(drive("other", &img, true)),
-            Err(ResourceError::Drive("A root block device already exists!".into()))
+            Err(ResourceError::Drive(
+                "A root block device already exists!".into()
+            ))
         );
         // Replacing the root drive, or making it a plain drive, is allowed.
-        r.insert_drive(drive("rootfs", &img, true)).expect("same root again");
-        r.insert_drive(drive("rootfs", &img, false)).expect("no longer root");
+        r.insert_drive(drive("rootfs", &img, true))
+            .expect("same root again");
+        r.insert_drive(drive("rootfs", &img, false))
+            .expect("no longer root");
         assert_eq!(r.drives.len(), 2);
-        assert!(r.insert_drive(drive("x", "/nonexistent/img", false)).is_err());
+        assert!(r
+            .insert_drive(drive("x", "/nonexistent/img", false))
+            .is_err());
         let _ = std::fs::remove_file(img);
     }
 
@@ -426,7 +436,9 @@ mod tests {
         assert_eq!(r.cmdline(), "console=ttyS0 reboot=k root=/dev/vda ro");
         r.drives[0].partuuid = Some("1234-01".into());
         r.drives[0].is_read_only = None;
-        r.boot_source.as_mut().map(|b| b.boot_args = Some("quiet -- single".into()));
+        if let Some(b) = r.boot_source.as_mut() {
+            b.boot_args = Some("quiet -- single".into());
+        }
         assert_eq!(r.cmdline(), "quiet root=PARTUUID=1234-01 rw -- single");
         let c = r.vm_config().expect("config");
         assert_eq!(c.disks[0].serial.as_deref(), Some("rootfs"));
@@ -460,7 +472,8 @@ mod tests {
             .expect_err("same MAC")
             .to_string()
             .contains("already in use"));
-        r.insert_net(net("a", "06:00:AC:10:00:03")).expect("same id replaces");
+        r.insert_net(net("a", "06:00:AC:10:00:03"))
+            .expect("same id replaces");
         assert!(r.insert_net(net("c", "zz")).is_err());
         assert_eq!(r.nets.len(), 1);
     }

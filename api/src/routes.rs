@@ -46,7 +46,9 @@ const NOT_SERVED: &[&str] = &[
 
 /// Firecracker's resource id rule: not empty, alphanumeric or `_`.
 fn checked_id(id: Option<&str>) -> Result<&str, String> {
-    let id = id.filter(|i| !i.is_empty()).ok_or("The ID cannot be empty.")?;
+    let id = id
+        .filter(|i| !i.is_empty())
+        .ok_or("The ID cannot be empty.")?;
     if !id.chars().all(|c| c == '_' || c.is_alphanumeric()) {
         return Err(
             "API Resource IDs can only contain alphanumeric characters and underscores.".into(),
@@ -197,17 +199,31 @@ mod tests {
         assert_eq!(ok("GET", "/version", None), Action::GetVersion);
         assert_eq!(ok("GET", "/vm/config", None), Action::GetFullConfig);
         assert_eq!(
-            ok("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)),
+            ok(
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "InstanceStart"}"#)
+            ),
             Action::InstanceStart
         );
         assert!(matches!(
             ok("PUT", "/drives/rootfs", Some(r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true, "is_read_only": false}"#)),
             Action::PutDrive(d) if d.is_root_device
         ));
-        assert_eq!(ok("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)), Action::Pause);
-        assert_eq!(ok("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)), Action::Resume);
+        assert_eq!(
+            ok("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)),
+            Action::Pause
+        );
+        assert_eq!(
+            ok("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)),
+            Action::Resume
+        );
         assert!(matches!(
-            ok("PUT", "/snapshot/create", Some(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)),
+            ok(
+                "PUT",
+                "/snapshot/create",
+                Some(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
+            ),
             Action::CreateSnapshot(_)
         ));
         assert!(matches!(
@@ -220,22 +236,56 @@ mod tests {
     fn firecrackers_messages_for_bad_requests() {
         assert_eq!(fault("PUT", "/actions", None), "Empty PUT request.");
         assert_eq!(fault("PATCH", "/vm", None), "Empty PATCH request.");
-        assert_eq!(fault("GET", "/", Some("{}")), "GET request cannot have a body.");
-        assert_eq!(fault("GET", "/nope", None), "Invalid request method and/or path: GET /nope.");
-        assert_eq!(fault("DELETE", "/drives/a", None), "Invalid request method and/or path: DELETE /drives/a.");
-        assert_eq!(fault("PUT", "/drives/a/b", Some("{}")), "Invalid request method and/or path: PUT /drives/a/b.");
         assert_eq!(
-            fault("PUT", "/drives/a", Some(r#"{"drive_id": "b", "path_on_host": "/r", "is_root_device": true}"#)),
+            fault("GET", "/", Some("{}")),
+            "GET request cannot have a body."
+        );
+        assert_eq!(
+            fault("GET", "/nope", None),
+            "Invalid request method and/or path: GET /nope."
+        );
+        assert_eq!(
+            fault("DELETE", "/drives/a", None),
+            "Invalid request method and/or path: DELETE /drives/a."
+        );
+        assert_eq!(
+            fault("PUT", "/drives/a/b", Some("{}")),
+            "Invalid request method and/or path: PUT /drives/a/b."
+        );
+        assert_eq!(
+            fault(
+                "PUT",
+                "/drives/a",
+                Some(r#"{"drive_id": "b", "path_on_host": "/r", "is_root_device": true}"#)
+            ),
             "The id from the path does not match the id from the body!"
         );
-        assert_eq!(fault("PUT", "/drives", Some("{}")), "The ID cannot be empty.");
+        assert_eq!(
+            fault("PUT", "/drives", Some("{}")),
+            "The ID cannot be empty."
+        );
         assert!(fault("PUT", "/drives/a-b", Some("{}")).contains("alphanumeric"));
-        assert_eq!(fault("PATCH", "/machine-config", Some("{}")), "Empty PATCH request.");
-        assert_eq!(fault("PUT", "/snapshot", Some("{}")), "Missing snapshot operation type.");
-        assert!(fault("PUT", "/actions", Some(r#"{"action_type": "InstanceStart", "x": 1}"#)).contains("unknown field `x`"));
+        assert_eq!(
+            fault("PATCH", "/machine-config", Some("{}")),
+            "Empty PATCH request."
+        );
+        assert_eq!(
+            fault("PUT", "/snapshot", Some("{}")),
+            "Missing snapshot operation type."
+        );
+        assert!(fault(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart", "x": 1}"#)
+        )
+        .contains("unknown field `x`"));
         assert!(fault("PUT", "/balloon", Some("{}")).contains("/balloon endpoint is not supported"));
         assert!(fault("GET", "/mmds", None).contains("/mmds endpoint is not supported"));
-        assert!(fault("PUT", "/network-interfaces/eth0", Some(r#"{"iface_id": "eth1", "host_dev_name": "t"}"#))
-            .contains("[eth0] does not match the id from the body [eth1]"));
+        assert!(fault(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth1", "host_dev_name": "t"}"#)
+        )
+        .contains("[eth0] does not match the id from the body [eth1]"));
     }
 }

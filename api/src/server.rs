@@ -76,7 +76,11 @@ impl ApiSocket {
     }
 
     /// Serves the socket on a new thread, handing requests to the controller on `events`.
-    pub fn spawn(self, events: Sender<Event>, seccomp: SeccompMode) -> Result<ApiServer, ServerError> {
+    pub fn spawn(
+        self,
+        events: Sender<Event>,
+        seccomp: SeccompMode,
+    ) -> Result<ApiServer, ServerError> {
         let program = if seccomp.filters() {
             Some(crate::seccomp::program(seccomp)?)
         } else {
@@ -205,7 +209,7 @@ impl Conn {
             }
         }
         while !self.closing {
-            match self.reader.next() {
+            match self.reader.next_request() {
                 Ok(Next::Request(req)) => {
                     let response = dispatch(events, &req);
                     self.out.extend(response.to_bytes(req.keep_alive));
@@ -235,7 +239,7 @@ fn dispatch(events: &Sender<Event>, req: &crate::http::Request) -> Response {
         Err(message) => return Response::fault(400, &message),
     };
     let (tx, rx) = channel();
-    if events.send(Event::Request(action, tx)).is_err() {
+    if events.send(Event::Request(Box::new(action), tx)).is_err() {
         return Response::fault(503, "The VMM is shutting down.");
     }
     rx.recv()
@@ -310,7 +314,7 @@ fn serve(listener: &UnixListener, kill: &OwnedFd, events: &Sender<Event>) {
                 }
             }
         }
-        conns.retain(|c| !c.dead && !(c.closing && c.out.is_empty()));
+        conns.retain(|c| !(c.dead || c.closing && c.out.is_empty()));
         if fds[1].revents != 0 {
             while let Some(stream) = accept(listener) {
                 if conns.len() >= MAX_CONNECTIONS {
@@ -344,7 +348,8 @@ mod tests {
 
     /// A server whose controller answers every request with 204 (or 200 for GETs).
     fn server(name: &str) -> (ApiServer, PathBuf, std::thread::JoinHandle<()>) {
-        let path = std::env::temp_dir().join(format!("ember-api-srv-{}-{name}.sock", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("ember-api-srv-{}-{name}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let (tx, rx) = channel::<Event>();
         let sock = ApiSocket::bind(&path).expect("bind");
@@ -352,7 +357,7 @@ mod tests {
         let ctl = std::thread::spawn(move || {
             while let Ok(ev) = rx.recv() {
                 if let Event::Request(a, reply) = ev {
-                    let _ = reply.send(match a {
+                    let _ = reply.send(match *a {
                         crate::routes::Action::GetVersion => {
                             Response::json(&serde_json::json!({"v": 1}))
                         }
@@ -374,7 +379,10 @@ mod tests {
     #[test]
     fn a_second_bind_fails_and_shutdown_removes_the_socket() {
         let (srv, path, ctl) = server("bind");
-        assert!(matches!(ApiSocket::bind(&path), Err(ServerError::Bind { .. })));
+        assert!(matches!(
+            ApiSocket::bind(&path),
+            Err(ServerError::Bind { .. })
+        ));
         assert!(path.exists());
         srv.shutdown();
         assert!(!path.exists(), "the socket file is removed");
@@ -390,7 +398,8 @@ mod tests {
             .expect("half a request");
         drop(half);
         let mut s = UnixStream::connect(&path).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let r = exchange(&mut s, b"GET /version HTTP/1.1\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.ends_with("{\"v\":1}"), "{r}");
@@ -409,7 +418,8 @@ mod tests {
             .map(|_| UnixStream::connect(&path).expect("connect"))
             .collect();
         let mut last = UnixStream::connect(&path).expect("connect");
-        last.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        last.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         assert!(exchange(&mut last, b"GET /version HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
         drop(extra);
         srv.shutdown();
@@ -420,21 +430,35 @@ mod tests {
     fn framing_errors_close_the_connection_with_a_fault() {
         let (srv, path, ctl) = server("framing");
         let mut s = UnixStream::connect(&path).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let r = exchange(&mut s, b"PUT /drives/x HTTP/1.1\r\nContent-Length: 999999\r\n\r\n");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let r = exchange(
+            &mut s,
+            b"PUT /drives/x HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+        );
         assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
         assert!(r.contains("Connection: close"), "{r}");
         assert!(r.contains("larger than the limit"), "{r}");
         let mut rest = Vec::new();
         assert_eq!(s.read_to_end(&mut rest).expect("eof"), 0, "closed");
         let mut s = UnixStream::connect(&path).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let r = exchange(&mut s, b"PUT /actions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 32\r\n\r\n");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let r = exchange(
+            &mut s,
+            b"PUT /actions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 32\r\n\r\n",
+        );
         assert_eq!(r, "HTTP/1.1 100 Continue\r\n\r\n");
         let r = exchange(&mut s, b"{\"action_type\": \"InstanceStart\"}");
         assert!(r.starts_with("HTTP/1.1 204"), "{r}");
-        let r = exchange(&mut s, b"PUT /actions HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"a\": 1}}");
-        assert!(r.starts_with("HTTP/1.1 400") && r.contains("unknown field `a`"), "{r}");
+        let r = exchange(
+            &mut s,
+            b"PUT /actions HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"a\": 1}}",
+        );
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("unknown field `a`"),
+            "{r}"
+        );
         srv.shutdown();
         let _ = ctl.join();
     }

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFilesError {
     /// `snapshot_path` names something that is no snapshot and that Ember will not replace.
-    #[error("{0} is a non-empty directory that is not an Ember snapshot; choose another snapshot_path")]
+    #[error(
+        "{0} is a non-empty directory that is not an Ember snapshot; choose another snapshot_path"
+    )]
     NotASnapshotDir(PathBuf),
     /// `snapshot_path` is no Ember snapshot.
     #[error("{0} is not an Ember snapshot (Ember's snapshot_path is the directory /snapshot/create wrote)")]
@@ -154,7 +156,10 @@ mod tests {
         std::fs::copy(&mem, &copy).expect("copy");
         let e = check_pair(&dir, &copy).expect_err("foreign");
         assert!(e.to_string().contains("is not the memory file"), "{e}");
-        assert!(matches!(check_pair(&s, &mem), Err(SnapshotFilesError::NoSnapshot(_))));
+        assert!(matches!(
+            check_pair(&s, &mem),
+            Err(SnapshotFilesError::NoSnapshot(_))
+        ));
         let _ = std::fs::remove_dir_all(s);
     }
 
@@ -168,7 +173,10 @@ mod tests {
         let d = s.join("busy");
         std::fs::create_dir_all(&d).expect("dir");
         std::fs::write(d.join("precious"), b"x").expect("file");
-        assert!(matches!(prepare_dir(&d), Err(SnapshotFilesError::NotASnapshotDir(_))));
+        assert!(matches!(
+            prepare_dir(&d),
+            Err(SnapshotFilesError::NotASnapshotDir(_))
+        ));
         let _ = std::fs::remove_dir_all(s);
     }
 }

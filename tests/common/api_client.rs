@@ -51,7 +51,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A request's bytes.
 pub fn request_bytes(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
-    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
+    let mut r =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
     match body {
         Some(b) => r.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",

@@ -30,8 +30,7 @@ pub mod vm;
 pub use arch::x86_64::cpuid::PVM_GUEST_CMDLINE;
 pub use config::{
     parse_memory_size, ConfigError, DiskConfig, NetConfig, PvmMode, VmConfig, VmConfigBuilder,
-    VsockConfig,
-    DEFAULT_CMDLINE, DEFAULT_THP,
+    VsockConfig, DEFAULT_CMDLINE, DEFAULT_THP,
 };
 pub use console::{Capture, Console, ConsoleInput, ConsoleOutput};
 pub use control::PauseError;
