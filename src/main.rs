@@ -26,8 +26,35 @@ use vmm::{Console, ConsoleInput, ConsoleOutput, PvmMode, Vm, VmConfig};
 #[command(version, about, long_about = None, after_help = EXIT_HELP, args_override_self = true)]
 struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH entry when present) or a bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["restore", "api_sock", "no_api"]
+    )]
     kernel: Option<PathBuf>,
+    /// Serve Firecracker's API on a Unix socket at PATH (which must not exist): configure,
+    /// start, pause, snapshot and load one VM by HTTP requests (see the README).
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["kernel", "restore", "snapshot", "initrd", "cmdline", "disk", "net", "command", "no_api"]
+    )]
+    api_sock: Option<PathBuf>,
+    /// With --config-file: start the VM from the file and serve no API (Firecracker's flag).
+    #[arg(
+        long,
+        requires = "config_file",
+        conflicts_with_all = ["kernel", "restore", "snapshot", "initrd", "cmdline", "disk", "net", "command"]
+    )]
+    no_api: bool,
+    /// A Firecracker configuration file (JSON: boot-source, drives, machine-config,
+    /// network-interfaces, vsock, logger, metrics): the VM starts from it at once. With
+    /// --api-sock or --no-api.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// With --api-sock or --no-api: the instance id `GET /` reports (Firecracker's `--id`).
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    id: String,
     /// Boot the guest until it is ready (the console marker of --snapshot-on-marker), write a
     /// snapshot of it into DIR and exit.
     #[arg(long, value_name = "DIR", conflicts_with = "restore")]
@@ -157,9 +184,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logger();
+    let api_mode = cli.api_sock.is_some() || cli.no_api;
+    if cli.config_file.is_some() && !api_mode {
+        eprintln!("ember: --config-file needs --api-sock PATH or --no-api");
+        return ExitCode::from(2);
+    }
+    if api_mode {
+        if let Err(e) = api::logger::install(api::logger::level_from_env()) {
+            eprintln!("ember: {e}");
+        }
+    } else {
+        init_logger();
+    }
     terminal::install_panic_hook();
-    match run(cli, process_start) {
+    let result = if api_mode {
+        run_api(cli, process_start)
+    } else {
+        run(cli, process_start)
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("ember: {msg}");
@@ -297,6 +340,7 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
                 seccomp: config.seccomp,
                 console_marker: config.console_marker.clone(),
                 vsock_socket: cli.vsock_socket.clone(),
+                paused: false,
             },
         ),
         None => Vm::start_with_console(config, console),
@@ -330,6 +374,114 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
     }
     let sig = SIGNAL.load(Ordering::SeqCst);
     if sig != 0 {
+        return Ok((128 + sig) as u8);
+    }
+    if !exit.reason.is_orderly() {
+        eprintln!("ember: {}", exit.reason);
+    }
+    Ok(exit.reason.exit_code() as u8)
+}
+
+/// Firecracker's API mode: `--api-sock PATH` serves the API on a thread while this thread
+/// runs the controller that owns the VM; `--config-file FILE` starts the VM from the file
+/// first; `--no-api` serves nothing. The process ends when its VM ends (exit status as the
+/// CLI's) or, before a VM runs, at a stop signal; the socket file is removed.
+fn run_api(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    let seccomp = match cli.seccomp {
+        OnOff::On => vmm::seccomp::SeccompMode::On,
+        OnOff::Off => vmm::seccomp::SeccompMode::Off,
+    };
+    // Every thread started from here inherits the stop signals blocked.
+    let signals =
+        terminal::block_stop_signals().map_err(|e| format!("Cannot block signals: {e}"))?;
+    if seccomp.filters() {
+        terminal::install_sigsys_reporter()
+            .map_err(|e| format!("Cannot install the SIGSYS handler: {e}"))?;
+    } else {
+        log::warn!("seccomp filters are off: use this for debugging only");
+    }
+    let (events, inbox) = std::sync::mpsc::channel();
+    let server = match &cli.api_sock {
+        Some(path) => Some(
+            api::ApiSocket::bind(path)
+                .and_then(|s| s.spawn(events.clone(), seccomp))
+                .map_err(|e| error_chain(&e))?,
+        ),
+        None => None,
+    };
+    let forward = std::sync::Mutex::new(events.clone());
+    terminal::spawn_signal_forwarder(signals, seccomp.filters(), move |sig| {
+        let _ = forward
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(api::Event::Signal(sig));
+    })
+    .map_err(|e| format!("Cannot start the signal thread: {e}"))?;
+
+    // The console is the process's stdout and stdin, as Firecracker's; a terminal on stdin
+    // goes raw when the VM starts and is restored when this function returns.
+    let raw: Rc<RefCell<Option<terminal::RawMode>>> = Rc::new(RefCell::new(None));
+    let raw_for_console = raw.clone();
+    let console = move || -> std::io::Result<Console> {
+        let stdout = dup_file(std::io::stdout().as_fd())?;
+        let stdin = dup_file(std::io::stdin().as_fd())?;
+        raw_for_console
+            .borrow_mut()
+            .get_or_insert_with(|| terminal::RawMode::enter(&stdin));
+        Ok(Console {
+            output: ConsoleOutput::File(stdout),
+            input: ConsoleInput::File(stdin),
+        })
+    };
+    let mut controller = api::Controller::new(
+        api::ControllerOptions {
+            seccomp,
+            console_marker: cli.boot_timer.then(|| cli.boot_timer_marker.clone()),
+            stop_grace: std::time::Duration::from_secs_f64(cli.stop_grace),
+            instance_id: cli.id.clone(),
+            console: Box::new(console),
+        },
+        events,
+    );
+    if let Some(file) = &cli.config_file {
+        let configured = std::fs::read_to_string(file)
+            .map_err(|e| format!("Cannot read the configuration file {}: {e}", file.display()))
+            .and_then(|json| controller.configure_from_file(&json));
+        if let Err(e) = configured {
+            // The channel first: a request the API thread waits on is then answered (503)
+            // and the thread can stop.
+            drop(controller);
+            drop(inbox);
+            drop(server);
+            return Err(e);
+        }
+    }
+    let outcome = controller.run(inbox);
+    if let Some(s) = server {
+        s.shutdown();
+    }
+    drop(raw);
+    let Some(exit) = outcome.exit else {
+        return Ok(outcome.signal.map_or(0, |sig| (128 + sig) as u8));
+    };
+    if cli.boot_timer {
+        eprint!(
+            "{}",
+            boot_timer::phase_table(process_start, &exit.timestamps)
+        );
+        if let Some(t) = exit.timestamps.boot_timer {
+            eprintln!(
+                "ember:   InstanceStart to boot-timer signal: {:.3} ms",
+                t.saturating_duration_since(exit.timestamps.start)
+                    .as_secs_f64()
+                    * 1e3
+            );
+        }
+    }
+    if let Some(sig) = outcome.signal {
         return Ok((128 + sig) as u8);
     }
     if !exit.reason.is_orderly() {

@@ -226,3 +226,33 @@ pub fn install_sigsys_reporter() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Starts a thread that hands each stop signal to `on_signal` (the API mode's controller
+/// decides what a signal does: end a process without a VM, or stop the VM).
+pub fn spawn_signal_forwarder(
+    set: libc::sigset_t,
+    seccomp: bool,
+    on_signal: impl Fn(i32) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("ember-signals".into())
+        .spawn(move || {
+            if seccomp {
+                if let Err(e) = vmm::seccomp::apply(
+                    vmm::seccomp::ThreadKind::Main,
+                    vmm::seccomp::SeccompMode::On,
+                ) {
+                    log::error!("signal thread: {e}");
+                    return;
+                }
+            }
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is an initialised signal set and `sig` a valid out-pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    on_signal(sig);
+                }
+            }
+        })
+        .map(|_| ())
+}

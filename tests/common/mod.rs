@@ -337,3 +337,4 @@ pub fn echo_stream<S: std::io::Read + std::io::Write>(s: &mut S) -> Vec<u8> {
         got.extend_from_slice(&buf[..n]);
     }
 }
+pub mod api_client;

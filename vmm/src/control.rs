@@ -195,6 +195,19 @@ impl VmControl {
         Ok(())
     }
 
+    /// Asks for a pause without waiting for it: before a VM's threads start, each then parks
+    /// before its first guest instruction ([`Self::pause`] waits for them).
+    pub fn request_pause(&self) {
+        {
+            let mut st = self.pause_state();
+            st.requested = true;
+            self.pause_flag.store(true, Ordering::SeqCst);
+        }
+        if let Err(e) = self.pause_evt.write(1) {
+            warn!("vm: cannot ask the event loop to pause: {e}");
+        }
+    }
+
     /// Lets a paused VM run again, and returns once every parked thread is running.
     pub fn resume(&self) {
         let mut st = self.pause_state();

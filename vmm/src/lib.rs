@@ -35,7 +35,7 @@ pub use config::{
 pub use console::{Capture, Console, ConsoleInput, ConsoleOutput};
 pub use control::PauseError;
 pub use exit::ExitReason;
-pub use vm::{RestoreOptions, Timestamps, Vm, VmExit, VmHandle, VmStopper};
+pub use vm::{RestoreOptions, Timestamps, Vm, VmEndWaiter, VmExit, VmHandle, VmStopper};
 
 /// Errors starting a VM.
 #[derive(Debug, thiserror::Error)]

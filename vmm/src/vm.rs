@@ -160,6 +160,9 @@ pub struct RestoreOptions {
     /// The host socket of a restored vsock device, instead of the snapshot's (each clone of
     /// one snapshot needs its own; the original's may still be in use).
     pub vsock_socket: Option<std::path::PathBuf>,
+    /// Start paused: no guest instruction runs until [`VmHandle::resume`] (a Firecracker
+    /// snapshot load without `resume_vm`). The restore returns once the VM is paused.
+    pub paused: bool,
 }
 
 /// Entry point: starts VMs.
@@ -212,6 +215,7 @@ impl Vm {
             seccomp,
             console_marker,
             vsock_socket,
+            paused,
         } = options;
         let dir = dir.as_ref();
         let start = Instant::now();
@@ -326,7 +330,11 @@ impl Vm {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let restored = Instant::now();
-        launch(
+        if paused {
+            // Every thread parks before its first guest instruction.
+            control.request_pause();
+        }
+        let handle = launch(
             Parts {
                 file_backed: true,
                 config,
@@ -338,7 +346,11 @@ impl Vm {
                 console_in_writer,
             },
             (start, config_validated, memory_ready, restored),
-        )
+        )?;
+        if paused {
+            handle.pause()?;
+        }
+        Ok(handle)
     }
 
     /// Starts a VM whose console is `console`. Every error in the configuration, the images
@@ -871,6 +883,36 @@ impl VmHandle {
         VmStopper {
             control: self.control.clone(),
             i8042: self.i8042.clone(),
+        }
+    }
+}
+
+/// A cloneable way to wait for a VM's end from another thread while its [`VmHandle`] stays
+/// with its owner (an API server that answers requests while the VM runs).
+#[derive(Clone)]
+pub struct VmEndWaiter {
+    done: Arc<Done>,
+}
+
+impl VmEndWaiter {
+    /// Waits until the VM ends and returns how. The owner still calls [`VmHandle::wait`]
+    /// (which then returns at once) to join the VM's threads.
+    pub fn wait(&self) -> VmExit {
+        let mut g = self.done.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = g.as_ref() {
+                return r.clone();
+            }
+            g = self.done.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl VmHandle {
+    /// A waiter for this VM's end, for another thread.
+    pub fn end_waiter(&self) -> VmEndWaiter {
+        VmEndWaiter {
+            done: self.done.clone(),
         }
     }
 }
