@@ -13,6 +13,15 @@ use common::{
 };
 
 const T: Duration = Duration::from_secs(900);
+
+/// One Linux test of this file at a time: under kvm-pvm's instruction emulator, more guests
+/// than cores slow each other down far more than in proportion (seen here: seven guests on two
+/// cores took over 15 minutes to boot, one alone 50 s).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
 const RUN_INIT: &str = "Run /init as init process";
 
 fn s(p: &std::path::Path) -> &str {
@@ -111,6 +120,7 @@ fn vmlinux_smp_boots_to_init_and_times_every_phase() {
     if !require_kvm() {
         return;
     }
+    let _one = one_at_a_time();
     let (vmlinux, _) = guest_kernel();
     let r = run_ember(
         &[
@@ -155,6 +165,7 @@ fn bzimage_boots_to_init_with_4g() {
     if !require_kvm() {
         return;
     }
+    let _one = one_at_a_time();
     let (_, bzimage) = guest_kernel();
     let r = run_ember(
         &[
@@ -193,6 +204,7 @@ fn linux_mounts_a_read_write_root_and_sees_two_disks() {
     if !require_kvm() {
         return;
     }
+    let _one = one_at_a_time();
     let (vmlinux, _) = guest_kernel();
     let root = copy_to_temp(guest_rootfs(), "rw-root.ext4");
     let data = sparse_file("data.img", 32 << 20);
@@ -245,6 +257,7 @@ fn linux_mounts_a_read_only_root_read_only() {
     if !require_kvm() {
         return;
     }
+    let _one = one_at_a_time();
     let (vmlinux, _) = guest_kernel();
     let root = copy_to_temp(guest_rootfs(), "ro-root.ext4");
     let before = std::fs::read(&root).expect("image");
@@ -284,13 +297,15 @@ fn memory_line_parses() {
 }
 
 #[test]
-fn six_concurrent_linux_boots_reach_init() {
+fn three_concurrent_linux_boots_reach_init() {
     if !require_kvm() {
         return;
     }
+    let _one = one_at_a_time();
     let (vmlinux, _) = guest_kernel();
     let initrd = guest_initramfs();
-    let children: Vec<_> = (0..6)
+    // Three: more guests than cores, but not so many that the emulator crawls.
+    let children: Vec<_> = (0..3)
         .map(|_| {
             std::process::Command::new(common::ember_bin())
                 .args([

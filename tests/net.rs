@@ -208,7 +208,7 @@ fn the_guest_answers_ping_and_moves_tcp_bytes_exactly_through_virtio_net() {
         &format!("xfer check tcp 172.30.77.1 7000 {tcp_bytes} && sleep 600"),
     ]));
     let t = Instant::now();
-    let text = vm.wait_for("xfer: check", Duration::from_secs(600));
+    let text = vm.wait_for("xfer: check", Duration::from_secs(1200));
     assert!(
         text.contains("IP-Config: Complete") || text.contains("172.30.77.2"),
         "eth0 was not configured:\n{text}"
