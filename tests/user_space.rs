@@ -198,14 +198,15 @@ fn nth_command(i: usize) -> (Vec<String>, ExitReason, Option<String>) {
 }
 
 #[test]
-fn sixteen_library_vms_each_run_their_own_command_and_get_its_status() {
+fn four_library_vms_each_run_their_own_command_and_get_its_status() {
     if !require_kvm() {
         return;
     }
     let (vmlinux, _) = guest_kernel();
     let initrd = guest_initramfs();
     let mut vms = Vec::new();
-    for i in 0..16 {
+    // Four: more guests than cores, not so many that the emulator crawls (see boot_linux.rs).
+    for i in 0..4 {
         let (argv, _, _) = nth_command(i);
         let config = VmConfig::builder(vmlinux)
             .initrd(initrd)
