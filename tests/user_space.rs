@@ -1,6 +1,6 @@
 //! Guest user space with the project's kernel and init, as users see it: an interactive shell
 //! on a real pseudo-terminal, commands with their arguments and exit statuses (from the CLI and
-//! from 16 library VMs at once), and a graceful stop that leaves an ext4 root clean. On
+//! from 4 library VMs at once), and a graceful stop that leaves an ext4 root clean. On
 //! kvm-pvm hosts this works because the project's kernel finishes the half-done SYSCALL
 //! (resources/kernel/patches/0006-*); a guest whose user space does not come up fails these
 //! tests, it never skips them.
@@ -162,7 +162,7 @@ fn a_command_gets_its_exact_arguments_and_ember_exits_with_its_status() {
     assert!(r.stdout.contains(&expected), "{}", r.stdout);
 }
 
-/// What VM `i` of the sixteen runs, and what it must end with.
+/// What VM `i` of the four runs, and what it must end with.
 fn nth_command(i: usize) -> (Vec<String>, ExitReason, Option<String>) {
     let sh = |script: &str| -> Vec<String> {
         vec![
@@ -233,7 +233,7 @@ fn four_library_vms_each_run_their_own_command_and_get_its_status() {
         if let Some(line) = line {
             assert!(text.contains(&format!("{line}\r\n")), "VM {i}:\n{text}");
         }
-        for j in (0..16).filter(|&j| j != i) {
+        for j in (0..4).filter(|&j| j != i) {
             assert!(
                 !text.contains(&format!("vm-{j}\r\n")),
                 "VM {i} shows VM {j}'s output"
