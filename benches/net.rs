@@ -91,65 +91,7 @@ impl Vmm {
 // ---------------------------------------------------------------------------------------------
 // The namespace and its servers.
 
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// A network namespace with `tap0` at 172.30.77.1/24, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn create() -> Result<Netns, String> {
-        let ns = Netns(format!("ember-bench-net-{}", std::process::id()));
-        sh(&["ip", "netns", "add", &ns.0])?;
-        sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"])?;
-        sh(&[
-            "ip", "-n", &ns.0, "tuntap", "add", "dev", "tap0", "mode", "tap",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{HOST_IP}/24"),
-            "dev",
-            "tap0",
-        ])?;
-        sh(&["ip", "-n", &ns.0, "link", "set", "tap0", "up"])?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Moves the calling thread into namespace `ns`.
-fn enter(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}"))
-        .map_err(|e| format!("namespace {ns}: {e}"))?;
-    // SAFETY: setns on the calling thread only, with a namespace descriptor it holds open.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(format!("setns: {}", std::io::Error::last_os_error()))
-    }
-}
+use testkit::{enter_netns as enter, run_ok as sh, Netns};
 
 /// Waits for a connection on `l` until `deadline`, looking at `abort` every 200 ms; returns
 /// the stream and when it was accepted.
@@ -706,7 +648,7 @@ fn main() {
     if qemu.is_none() {
         eprintln!("bench: QEMU skipped (not installed or EMBER_BENCH_NO_QEMU)");
     }
-    let ns = match Netns::create() {
+    let ns = match Netns::create("bench-net") {
         Ok(ns) => ns,
         Err(e) => {
             println!("net: SKIPPED: cannot make the network namespace: {e}");

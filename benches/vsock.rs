@@ -63,34 +63,11 @@ fn ms(d: Duration) -> f64 {
 // The host side of the protocol.
 
 /// Connects through `sock` to the guest's `PORT`: the stream after `OK`, and the time from
-/// writing `CONNECT` to reading the whole `OK` line.
+/// connecting to reading the whole `OK` line.
 fn connect(sock: &Path) -> Result<(UnixStream, Duration), String> {
-    let mut s = UnixStream::connect(sock).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
     let t = Instant::now();
-    s.write_all(format!("CONNECT {PORT}\n").as_bytes())
-        .map_err(|e| format!("write CONNECT: {e}"))?;
-    // Byte by byte: nothing after the line may be swallowed.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&line))),
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) => line.push(b[0]),
-            Err(e) => return Err(format!("read OK: {e}")),
-        }
-    }
-    let took = t.elapsed();
-    if !line.starts_with(b"OK ") {
-        return Err(format!(
-            "not an OK line: {:?}",
-            String::from_utf8_lossy(&line)
-        ));
-    }
-    Ok((s, took))
+    let (s, _) = testkit::vsock_connect(sock, PORT, IO_TIMEOUT)?;
+    Ok((s, t.elapsed()))
 }
 
 /// Sends one byte and waits for it to come back: the round trip.

@@ -82,7 +82,7 @@ fn skip_or_fail(why: &str) -> bool {
 
 /// A venv with the library, made once and kept under `~/.cache/ember/`.
 fn venv() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME is set"));
     let base = std::env::var_os("EMBER_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".cache/ember"));
@@ -102,7 +102,16 @@ fn venv() -> Option<PathBuf> {
     // Built aside and renamed into place, so a half-made venv is never used.
     let tmp = base.join(format!("pyvenv-tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&base).ok()?;
+    std::fs::create_dir_all(&base).expect("the cache directory");
+    // Debian's python3 makes venvs only with python3-venv (as the artefact builders install
+    // what they need, so does this test).
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lib.sh");
+    let _ = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source {lib} && ensure_packages python3 python3-venv"),
+        ])
+        .status();
     let made = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&tmp)
@@ -122,7 +131,7 @@ fn venv() -> Option<PathBuf> {
         return None;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).ok()?;
+    std::fs::rename(&tmp, &dir).expect("the venv moved into place");
     works(&python).then_some(python).or_else(|| {
         skip_or_fail("the installed library does not import");
         None

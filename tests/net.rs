@@ -37,41 +37,16 @@ fn sh(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// A network namespace that is deleted when dropped.
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// A private namespace with `tap0` at 172.30.77.1/24, up. Installs `ip` and `ping` first on a
 /// machine that lacks them (as the artefact builders install theirs).
-fn netns_with_tap(tag: &str) -> Netns {
+fn netns_with_tap(tag: &str) -> testkit::Netns {
     let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/resources/lib.sh");
     sh(&[
         "bash",
         "-c",
         &format!("source {lib} && ensure_packages iproute2 iputils-ping"),
     ]);
-    let ns = Netns(format!("ember-{tag}-{}", std::process::id()));
-    sh(&["ip", "netns", "add", &ns.0]);
-    sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-    sh(&[
-        "ip", "-n", &ns.0, "tuntap", "add", "dev", "tap0", "mode", "tap",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        "172.30.77.1/24",
-        "dev",
-        "tap0",
-    ]);
-    sh(&["ip", "-n", &ns.0, "link", "set", "tap0", "up"]);
-    ns
+    testkit::Netns::create(tag).unwrap_or_else(|e| panic!("network namespace: {e}"))
 }
 
 #[test]
@@ -127,10 +102,7 @@ fn echo_server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
     let (ns, addr) = (ns.to_string(), addr.to_string());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("namespace");
-        // SAFETY: setns on this thread only, with a namespace descriptor.
-        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        testkit::enter_netns(&ns).expect("into the namespace");
         let l = std::net::TcpListener::bind(&addr).expect("bind in the namespace");
         ready_tx.send(()).expect("ready");
         let (mut s, _) = l.accept().expect("the guest connects");
@@ -149,28 +121,12 @@ fn echo_server_in(ns: &str, addr: &str) -> std::thread::JoinHandle<Vec<u8>> {
 fn tap_fd_in(ns: &str, tap: &str) -> i32 {
     let (ns, tap) = (ns.to_string(), tap.to_string());
     std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("namespace");
-        // SAFETY: setns on this thread only, with a namespace descriptor.
-        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-        // SAFETY: a plain open; the descriptor is left to the child (no O_CLOEXEC).
-        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR) };
-        assert!(fd >= 0, "/dev/net/tun: {}", std::io::Error::last_os_error());
-        #[repr(C)]
-        struct IfReq {
-            name: [u8; 16],
-            flags: libc::c_short,
-            pad: [u8; 22],
-        }
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: 0x0002 | 0x1000 | 0x4000, // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
-            pad: [0; 22],
-        };
-        req.name[..tap.len()].copy_from_slice(tap.as_bytes());
-        // SAFETY: TUNSETIFF reads an ifreq, which `req` is laid out as.
-        let r = unsafe { libc::ioctl(fd, 0x4004_54ca, &req) };
-        assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        testkit::enter_netns(&ns).expect("into the namespace");
+        let tap = devices::virtio::net::Tap::open(&tap).expect("the TAP");
+        // A duplicate without close-on-exec, for the child to inherit.
+        // SAFETY: fcntl on the TAP's own descriptor; the new one is left open on purpose.
+        let fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&tap), libc::F_DUPFD, 0) };
+        assert!(fd >= 0, "dup: {}", std::io::Error::last_os_error());
         fd
     })
     .join()

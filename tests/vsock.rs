@@ -30,28 +30,7 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// Connects through the device's socket to guest `port`; returns the stream after `OK` and
 /// the host port Ember gave it.
 fn connect(sock: &Path, port: u32) -> Result<(UnixStream, u32), String> {
-    let mut s = UnixStream::connect(sock).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    // Byte by byte: nothing after the line may be swallowed.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&line))),
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) => line.push(b[0]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let line = String::from_utf8(line).map_err(|e| e.to_string())?;
-    let host_port = line
-        .strip_prefix("OK ")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("not an OK line: {line:?}"))?;
-    Ok((s, host_port))
+    testkit::vsock_connect(sock, port, Duration::from_secs(60))
 }
 
 /// Sends `data` to the guest's echo server and returns what came back (the sending half is

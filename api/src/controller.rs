@@ -390,6 +390,20 @@ impl Controller {
                 vmm::VmConfig::from_json(&s.config_json)
                     .map_err(|e| ActionError::LoadSnapshot(chain(&e)))
             })?;
+        // A restore keeps the snapshot's memory backing: a request for another is refused,
+        // not ignored.
+        if l.huge_pages == Some(models::LoadHugePages::None) && saved.thp {
+            return Err(ActionError::LoadSnapshot(
+                "huge_pages None: this snapshot's memory is backed by transparent huge pages, \
+                 and a load keeps the snapshot's backing"
+                    .into(),
+            ));
+        }
+        if l.vsock_override.is_some() && saved.vsock.is_none() {
+            return Err(ActionError::LoadSnapshot(
+                "vsock_override: the snapshot's VM has no vsock device".into(),
+            ));
+        }
         let console = (self.opts.console)()
             .map_err(|e| ActionError::LoadSnapshot(format!("Cannot set up the console: {e}")))?;
         let handle = Vm::restore_with(

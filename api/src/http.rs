@@ -74,6 +74,11 @@ impl RequestReader {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes read and not yet taken as requests.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether part of a request has arrived.
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty()

@@ -68,18 +68,39 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Opens a file a client named without ever blocking (`O_NONBLOCK`: a FIFO would otherwise
+/// hold the API until someone opened its other end) and only if it is a regular file or a
+/// block device.
+fn open_image(path: &str, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let t = f.metadata()?.file_type();
+    if t.is_file() || t.is_block_device() {
+        Ok(f)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ))
+    }
+}
+
 impl Resources {
     /// `PUT /boot-source`: the kernel and initrd must open; the command line must be
     /// printable ASCII.
     pub fn set_boot_source(&mut self, b: BootSource) -> Result<(), ResourceError> {
-        std::fs::File::open(&b.kernel_image_path).map_err(|e| {
+        open_image(&b.kernel_image_path, false).map_err(|e| {
             ResourceError::BootSource(format!(
                 "The kernel file cannot be opened: {e} ({})",
                 b.kernel_image_path
             ))
         })?;
         if let Some(i) = &b.initrd_path {
-            std::fs::File::open(i).map_err(|e| {
+            open_image(i, false).map_err(|e| {
                 ResourceError::BootSource(format!(
                     "The initrd file cannot be opened due to invalid path or invalid permissions. {e} ({i})"
                 ))
@@ -100,16 +121,12 @@ impl Resources {
     /// root drive, kept first; the image must open for reading (and writing unless read-only).
     pub fn insert_drive(&mut self, d: Drive) -> Result<(), ResourceError> {
         let path = d.path_on_host.clone().unwrap_or_default();
-        OpenOptions::new()
-            .read(true)
-            .write(!d.is_read_only.unwrap_or(false))
-            .open(&path)
-            .map_err(|e| {
-                ResourceError::Drive(format!(
-                    "Unable to open the backing file {path} of drive {}: {e}",
-                    d.drive_id
-                ))
-            })?;
+        open_image(&path, !d.is_read_only.unwrap_or(false)).map_err(|e| {
+            ResourceError::Drive(format!(
+                "Unable to open the backing file {path} of drive {}: {e}",
+                d.drive_id
+            ))
+        })?;
         let position = self.drives.iter().position(|x| x.drive_id == d.drive_id);
         let root = self.drives.first().filter(|x| x.is_root_device);
         if d.is_root_device && root.is_some() && position != Some(0) {
@@ -117,7 +134,7 @@ impl Resources {
                 "A root block device already exists!".into(),
             ));
         }
-        if position.is_none() && self.drives.len() + self.nets.len() >= vmm::config::MAX_DISKS {
+        if position.is_none() && self.virtio_devices() >= vmm::config::MAX_DISKS {
             return Err(ResourceError::Drive(format!(
                 "Ember supports at most {} drives and network interfaces together",
                 vmm::config::MAX_DISKS
@@ -190,7 +207,7 @@ impl Resources {
         match self.nets.iter().position(|x| x.iface_id == n.iface_id) {
             Some(i) => self.nets[i] = n,
             None => {
-                if self.drives.len() + self.nets.len() >= vmm::config::MAX_DISKS {
+                if self.virtio_devices() >= vmm::config::MAX_DISKS {
                     return Err(ResourceError::Net(format!(
                         "Ember supports at most {} drives and network interfaces together",
                         vmm::config::MAX_DISKS
@@ -202,8 +219,19 @@ impl Resources {
         Ok(())
     }
 
+    /// virtio-mmio devices configured (each takes one of vmm's interrupt lines).
+    fn virtio_devices(&self) -> usize {
+        self.drives.len() + self.nets.len() + usize::from(self.vsock.is_some())
+    }
+
     /// `PUT /vsock`.
     pub fn set_vsock(&mut self, v: Vsock) -> Result<(), ResourceError> {
+        if self.vsock.is_none() && self.virtio_devices() >= vmm::config::MAX_DISKS {
+            return Err(ResourceError::Vsock(format!(
+                "No interrupt line is left for a vsock device: drives and network interfaces use all {}",
+                vmm::config::MAX_DISKS
+            )));
+        }
         VsockConfig {
             cid: v.guest_cid,
             socket: v.uds_path.clone().into(),
@@ -394,6 +422,28 @@ mod tests {
             io_engine: None,
             socket: None,
         }
+    }
+
+    #[test]
+    fn a_fifo_named_as_kernel_or_drive_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("ember-api-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let path = fifo.to_str().expect("utf-8").to_string();
+        let mut r = Resources::default();
+        let e = r
+            .set_boot_source(BootSource {
+                kernel_image_path: path.clone(),
+                ..Default::default()
+            })
+            .expect_err("a FIFO is no kernel");
+        assert!(chain(&e).contains("not a regular file"), "{}", chain(&e));
+        assert!(open_image(&path, true).is_err(), "nor a drive");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

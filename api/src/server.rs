@@ -196,7 +196,12 @@ impl Conn {
                 Ok(n) => {
                     self.reader.feed(&buf[..n]);
                     self.last_active = Instant::now();
-                    if n < buf.len() {
+                    // Never more than one whole request's worth ahead: a client that writes
+                    // without pause is read again after its requests were answered.
+                    if n < buf.len()
+                        || self.reader.buffered()
+                            > crate::http::MAX_HEADER_BYTES + crate::http::MAX_BODY_BYTES
+                    {
                         break;
                     }
                 }
@@ -208,7 +213,19 @@ impl Conn {
                 }
             }
         }
+        self.serve_buffered(events);
+    }
+
+    /// Answers the whole requests already read; answers pile up no further than the output
+    /// limit (pipelined requests wait for the client to take them).
+    fn serve_buffered(&mut self, events: &Sender<Event>) {
         while !self.closing {
+            if self.out.len() >= MAX_PENDING_OUTPUT {
+                self.flush();
+                if self.out.len() >= MAX_PENDING_OUTPUT || self.dead {
+                    break; // POLLOUT brings this back
+                }
+            }
             match self.reader.next_request() {
                 Ok(Next::Request(req)) => {
                     let response = dispatch(events, &req);
@@ -305,6 +322,10 @@ fn serve(listener: &UnixListener, kill: &OwnedFd, events: &Sender<Event>) {
         for (c, p) in conns.iter_mut().zip(&fds[2..]) {
             if p.revents & libc::POLLOUT != 0 {
                 c.flush();
+                // Requests read earlier that waited for room.
+                if c.wants_read() && c.reader.has_partial() {
+                    c.serve_buffered(events);
+                }
             }
             if p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 if c.wants_read() {

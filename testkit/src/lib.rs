@@ -16,12 +16,14 @@
 
 mod artefacts;
 mod guests;
+mod host;
 mod process;
 
 use std::path::{Path, PathBuf};
 
 pub use artefacts::{guest_initramfs, guest_kernel, guest_rootfs};
 pub use guests::{build_guest, guest_source, GUEST_CFLAGS};
+pub use host::{enter_netns, run_ok, vsock_connect, Netns, HOST_CIDR};
 pub use process::{Run, Spawn};
 
 /// The path of the `ember` binary under test, as a `&'static str`. Usable only in the root

@@ -225,8 +225,14 @@ impl Vm {
         let mut config = config;
         config.seccomp = seccomp;
         config.console_marker = console_marker;
-        if let (Some(v), Some(path)) = (config.vsock.as_mut(), vsock_socket) {
-            v.socket = path;
+        match (config.vsock.as_mut(), vsock_socket) {
+            (Some(v), Some(path)) => v.socket = path,
+            (None, Some(_)) => {
+                return Err(Error::SnapshotMismatch(
+                    "a vsock socket was given, but the snapshot's VM has no vsock device".into(),
+                ))
+            }
+            _ => {}
         }
         config.validate_machine()?;
         // Guest RAM must be laid out as a VM of this size is: nothing a tampered file says

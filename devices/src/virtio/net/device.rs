@@ -264,7 +264,11 @@ impl VirtioNet {
         let mergeable = self.mergeable();
         let a = self.active.as_mut()?;
         while self.rx_room < self.rx_len {
-            if !mergeable && !self.rx_chains.is_empty() {
+            // One chain without mergeable buffers; never more chains than the queue holds
+            // (a guest republishing zero-length buffers must not grow this list for ever).
+            if (!mergeable && !self.rx_chains.is_empty())
+                || self.rx_chains.len() >= usize::from(QUEUE_SIZE)
+            {
                 return Some(false);
             }
             let chain = a.rx.pop_descriptor_chain(&self.mem)?;
@@ -741,5 +745,67 @@ mod tests {
         };
         let [rx, _] = s.queues.expect("active");
         assert_eq!(rx.0.next_avail, 0, "the taken chain is the guest's again");
+    }
+
+    #[test]
+    fn a_guest_republishing_empty_buffers_cannot_grow_the_taken_chains_without_bound() {
+        let mut r = rig_with((1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF));
+        r.host.write_all(&vec![3u8; 1000]).expect("frame");
+        // Rounds of zero-length buffers: the frame can never fit.
+        for _ in 0..4 {
+            let chains: Vec<_> = (0..16).map(|_| d(0x40000, 0, WRITE, 0)).collect();
+            r.rx.add_desc_chains(&chains, 0).expect("empty buffers");
+            r.dev.process_rx();
+        }
+        assert!(r.dev.rx_chains.len() <= usize::from(QUEUE_SIZE));
+        // Once the limit is reached the frame is dropped and every chain given back.
+        for _ in 0..20 {
+            let chains: Vec<_> = (0..16).map(|_| d(0x40000, 0, WRITE, 0)).collect();
+            r.rx.add_desc_chains(&chains, 0).expect("empty buffers");
+            r.dev.process_rx();
+        }
+        assert!(
+            r.dev.rx_dropped() >= 1,
+            "the frame that cannot fit is dropped"
+        );
+        assert!(r.dev.rx_chains.len() < usize::from(QUEUE_SIZE));
+    }
+
+    #[test]
+    fn a_frame_the_tap_refuses_for_lack_of_room_waits_and_goes_out_later() {
+        let mut r = rig();
+        // Fill the stand-in's socket buffer from the device until it refuses.
+        let frame = vec![0x5au8; 1500];
+        r.mem.write_slice(&frame, GuestAddress(0x40000)).expect("w");
+        let mut blocked = false;
+        for _ in 0..2000 {
+            r.tx.add_desc_chains(&[d(0x40000, 1500, 0, 0)], 0)
+                .expect("chain");
+            if r.dev.process_tx() == TxOutcome::Blocked {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked, "the socket never filled");
+        let pending = r.dev.tx_pending.expect("the refused frame is kept");
+        let used_before = r.tx.used().idx().load();
+        // The host reads: the frame goes out on the next pass, then its chain is given back.
+        let mut buf = vec![0u8; 2000];
+        // SAFETY: fcntl on the test's own descriptor.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&r.host);
+            libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+            );
+        }
+        while r.host.read(&mut buf).is_ok() {}
+        assert_eq!(r.dev.process_tx(), TxOutcome::Done);
+        assert!(r.dev.tx_pending.is_none());
+        assert!(
+            r.tx.used().idx().load() > used_before,
+            "chain {pending} given back"
+        );
     }
 }

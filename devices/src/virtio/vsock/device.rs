@@ -435,6 +435,20 @@ mod tests {
                 .as_raw_fd()
         }
 
+        /// Accepts a host stream that connected to the device's socket; returns its
+        /// descriptor (as epoll would report it).
+        fn accept(&mut self) -> RawFd {
+            self.dev.muxer().accept();
+            let (watches, _) = self.dev.muxer().take_changes();
+            let Some(Watch::Set { fd, .. }) = watches
+                .into_iter()
+                .rfind(|Watch::Set { old, .. }| old.is_empty())
+            else {
+                panic!("the new stream is not watched")
+            };
+            fd
+        }
+
         fn socket(&mut self) -> std::path::PathBuf {
             self.dev.muxer().socket().to_path_buf()
         }
@@ -475,14 +489,7 @@ mod tests {
     fn the_host_protocol_connects_refuses_and_answers_ok_with_a_fresh_port() {
         let mut r = rig("host");
         let mut host = UnixStream::connect(r.socket()).expect("connect");
-        r.dev.muxer().accept();
-        let (watches, _) = r.dev.muxer().take_changes();
-        let Some(Watch::Set { fd, .. }) = watches
-            .into_iter()
-            .rfind(|Watch::Set { old, .. }| old.is_empty())
-        else {
-            panic!("the new stream is watched")
-        };
+        let fd = r.accept();
         host.write_all(b"CONNECT 52\nearly").expect("line");
         r.dev.muxer().host_event(fd, EventSet::IN);
         let (h, _) = r.recv(4096).expect("request");
@@ -512,14 +519,7 @@ mod tests {
 
         // A port nothing listens on: the guest answers RST; the host stream is closed.
         let mut other = UnixStream::connect(r.socket()).expect("connect");
-        r.dev.muxer().accept();
-        let (watches, _) = r.dev.muxer().take_changes();
-        let Some(Watch::Set { fd, .. }) = watches
-            .into_iter()
-            .rfind(|Watch::Set { old, .. }| old.is_empty())
-        else {
-            panic!("watched")
-        };
+        let fd = r.accept();
         other.write_all(b"CONNECT 99\n").expect("line");
         r.dev.muxer().host_event(fd, EventSet::IN);
         let (h, _) = r.recv(4096).expect("request");
@@ -639,5 +639,40 @@ mod tests {
         assert!(dev
             .restore(&VirtioDeviceState::Vsock(other), VirtioInterrupt::new(irq))
             .is_err());
+    }
+
+    #[test]
+    fn deadlines_close_a_silent_host_and_a_request_the_guest_never_answers() {
+        use crate::virtio::vsock::muxer::{CONNECT_LINE_TIMEOUT, REQUEST_TIMEOUT};
+        use std::time::Instant;
+        let mut r = rig("deadlines");
+        // A host that connects and sends nothing.
+        let mut silent = UnixStream::connect(r.socket()).expect("connect");
+        r.accept();
+        // A host whose request the guest never answers.
+        let mut asking = UnixStream::connect(r.socket()).expect("connect");
+        let fd = r.accept();
+        asking.write_all(b"CONNECT 80\n").expect("line");
+        r.dev.muxer().host_event(fd, EventSet::IN);
+        let (h, _) = r.recv(4096).expect("request");
+        assert_eq!(h.op, op::REQUEST);
+        assert!(r.dev.muxer().has_deadlines());
+        // Before the deadlines nothing happens; after them both streams are closed and the
+        // guest is told to forget the request.
+        r.dev.muxer().tick(Instant::now());
+        assert_eq!(r.dev.muxer().connections(), 1);
+        r.dev
+            .muxer()
+            .tick(Instant::now() + REQUEST_TIMEOUT + REQUEST_TIMEOUT);
+        assert_eq!(r.dev.muxer().connections(), 0);
+        assert_eq!(r.recv(4096).expect("rst").0.op, op::RST);
+        r.dev
+            .muxer()
+            .tick(Instant::now() + CONNECT_LINE_TIMEOUT + CONNECT_LINE_TIMEOUT);
+        drop(r.dev.muxer().take_changes());
+        assert!(!r.dev.muxer().has_deadlines());
+        let mut b = [0u8; 4];
+        assert_eq!(asking.read(&mut b).expect("closed"), 0);
+        assert_eq!(silent.read(&mut b).expect("closed"), 0);
     }
 }
