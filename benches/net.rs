@@ -21,6 +21,10 @@
 //!   from the request to the guest closing the connection. `xfer` has no one-way mode, and
 //!   busybox reads in 4 KiB pieces (a guest system call each), so this figure is a floor.
 //!
+//! After them the guest prints its NIC's `/proc/interrupts` line: interrupts taken from boot
+//! to the end of the transfers (each costs emulated guest-kernel work here), shown beside the
+//! throughput to explain it.
+//!
 //! Then, from the namespace, `ping` to the guest at 5/s (`-i 0.2`) and at 100/s (`-i 0.01`):
 //! round trip min, median and p99 (the sample at rank `round((n - 1) * 0.99)`: the largest
 //! below 100 pings) and loss, after three warm-up pings. The guest is idle then (it sleeps);
@@ -320,6 +324,9 @@ struct RunFigures {
     fast: Option<Pings>,
     /// Spawn to the echo's connection.
     boot_s: Option<f64>,
+    /// The NIC's interrupts the guest took from boot to the end of the transfers (its
+    /// `/proc/interrupts` line): interrupt coalescing shows here.
+    guest_irqs: Option<f64>,
     errors: Vec<String>,
 }
 
@@ -336,6 +343,7 @@ impl RunFigures {
             "ping_slow": p(&self.slow),
             "ping_fast": p(&self.fast),
             "spawn_to_first_connection_s": self.boot_s,
+            "guest_irqs": self.guest_irqs,
             "errors": self.errors,
         })
     }
@@ -347,7 +355,8 @@ type Figure = fn(&RunFigures) -> Option<f64>;
 fn guest_script(port: u16, bytes: u64) -> String {
     format!(
         "xfer check tcp {HOST_IP} {port} {bytes}; xfer check tcp {HOST_IP} {} {bytes}; \
-         wget -q -O /dev/null http://{HOST_IP}:{}/bench; echo {DONE}; exec sleep 100000",
+         wget -q -O /dev/null http://{HOST_IP}:{}/bench; grep virtio /proc/interrupts; \
+         echo {DONE}; exec sleep 100000",
         port + 1,
         port + 2
     )
@@ -475,6 +484,9 @@ fn run_one(vmm: Vmm, ns: &str, plan: &Plan, run: u16) -> RunFigures {
         Ok(t) => f.recv_mib_s = Some(mib_s(&t, bytes)),
         Err(e) => f.errors.push(format!("receive only: {e}")),
     }
+    f.guest_irqs = vm
+        .find(&|l: &str| l.contains("virtio") && irq_count(l).is_some())
+        .and_then(|(_, l)| irq_count(&l));
     if done.is_some() {
         // Warm-up: the neighbour entries both ways.
         let _ = ping(ns, 3, "0.2");
@@ -509,6 +521,13 @@ fn run_one(vmm: Vmm, ns: &str, plan: &Plan, run: u16) -> RunFigures {
         );
     }
     f
+}
+
+/// The count of a one-CPU `/proc/interrupts` line (`  5:  1234  IO-APIC  5-edge  virtio0`).
+fn irq_count(line: &str) -> Option<f64> {
+    let (irq, rest) = line.trim_start().split_once(':')?;
+    irq.parse::<u32>().ok()?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,6 +752,13 @@ fn main() {
     for (key, name, get) in tcp {
         table.add(key, name, med(&ember, get), med(&q, get), Goal::AtLeastQemu);
     }
+    table.add(
+        "guest_nic_irqs",
+        "guest NIC interrupts, boot to end of transfers",
+        med(&ember, |r| r.guest_irqs),
+        med(&q, |r| r.guest_irqs),
+        Goal::None,
+    );
 
     let v = json!({
         "benchmark": "net",

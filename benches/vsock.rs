@@ -15,9 +15,13 @@
 //!   connection, a writer thread sending and half-closing while this thread reads: MiB/s of
 //!   both directions (2 x size) from the first byte written to the end of the echo.
 //!
-//! No peer: QEMU's vsock needs vhost-vsock in the host kernel, which the project's hosts lack,
-//! so the figures are absolute. vCPU exits per MiB are not given: Ember exposes no exit count
-//! (neither the `vmm` API nor `--boot-timer`'s table has one).
+//! - exits per MiB: the VM's exits as KVM counts them (`VmHandle::exit_counts`, from KVM's
+//!   statistics), read before and after each bulk echo, over the MiB moved both ways.
+//!
+//! The VM runs in this process through the `vmm` library (as a sandbox service embeds it), with
+//! the console captured; the host side still goes through the socket. No peer: QEMU's vsock
+//! needs vhost-vsock in the host kernel, which the project's hosts lack, so the figures are
+//! absolute.
 //!
 //! No root needed. Environment: `EMBER_BENCH_N` (boots, default 3), `EMBER_BENCH_ECHOES`
 //! (default 50), `EMBER_BENCH_CONNECTS` (default 20). On a kvm-pvm host (guest kernel
@@ -28,13 +32,12 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use harness::console_vm::ConsoleVm as Vm;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use vmm::{Capture, Console, ConsoleInput, ConsoleOutput, ExitCounts, Vm, VmConfig, VmHandle};
 
 use serde_json::{json, Value};
 
@@ -43,12 +46,14 @@ const GUEST_MIB: u64 = 256;
 const PORT: u32 = 5000;
 /// What `xfer` prints once it listens.
 const LISTENING: &str = "xfer: listening on vsock port 5000";
-/// Spawn to the listening line.
+/// Start to the listening line.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// A host-side read or write gives up after this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 /// Echo sizes for throughput.
 const SIZES: [usize; 2] = [1 << 20, 4 << 20];
+/// Console bytes kept.
+const CONSOLE_LIMIT: usize = 1 << 20;
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -139,12 +144,14 @@ struct Plan {
 
 #[derive(Default)]
 struct Round {
-    /// Spawn to the listening line (s).
+    /// Start to the listening line.(s).
     boot_s: Option<f64>,
     setup_ms: Vec<f64>,
     rtt_ms: Vec<f64>,
     /// MiB/s for each of `SIZES`.
     mib_s: [Option<f64>; 2],
+    /// vCPU exits per MiB moved (both directions counted) for each of `SIZES`.
+    exits_per_mib: [Option<f64>; 2],
     errors: Vec<String>,
 }
 
@@ -152,7 +159,7 @@ fn work_dir(round: usize) -> PathBuf {
     std::env::temp_dir().join(format!("ember-bench-vsock-{}-{round}", std::process::id()))
 }
 
-fn measure(sock: &Path, plan: &Plan, r: &mut Round) -> Result<(), String> {
+fn measure(vm: &VmHandle, sock: &Path, plan: &Plan, r: &mut Round) -> Result<(), String> {
     for _ in 0..plan.connects {
         let (mut s, took) = connect(sock)?;
         r.setup_ms.push(ms(took));
@@ -169,7 +176,12 @@ fn measure(sock: &Path, plan: &Plan, r: &mut Round) -> Result<(), String> {
     }
     drop(s);
     for (i, &len) in SIZES.iter().enumerate() {
+        let before = vm.exit_counts();
         r.mib_s[i] = Some(echo_bulk(sock, len, 7 + i as u64)?);
+        if let (Some(b), Some(a)) = (before, vm.exit_counts()) {
+            let moved = 2.0 * len as f64 / MIB;
+            r.exits_per_mib[i] = Some(ExitCounts::since(&a, &b).exits as f64 / moved);
+        }
     }
     Ok(())
 }
@@ -184,46 +196,48 @@ fn run_round(plan: &Plan, round: usize) -> Round {
     }
     let sock = dir.join("v.sock");
     let t0 = Instant::now();
-    let spawned = Vm::spawn(Command::new(harness::ember_bin()).args([
-        "--kernel",
-        &plan.vmlinux,
-        "--initrd",
-        &plan.initrd,
-        "--memory",
-        &format!("{GUEST_MIB}M"),
-        "--vsock",
-        &format!("cid=3,socket={}", sock.display()),
-        "--",
-        "xfer",
-        "echo",
-        "vsock",
-        &PORT.to_string(),
-    ]));
-    let mut vm = match spawned {
+    let config = VmConfig::builder(&plan.vmlinux)
+        .initrd(&plan.initrd)
+        .memory_mib(GUEST_MIB)
+        .vsock(3, &sock)
+        .command(["xfer", "echo", "vsock", &PORT.to_string()])
+        .console_marker(LISTENING)
+        .build();
+    let capture = Capture::new(CONSOLE_LIMIT);
+    let console = Console {
+        output: ConsoleOutput::Capture(capture.clone()),
+        input: ConsoleInput::None,
+    };
+    let started = config
+        .map_err(|e| e.to_string())
+        .and_then(|c| Vm::start_with_console(c, console).map_err(|e| e.to_string()));
+    let mut vm = match started {
         Ok(vm) => vm,
         Err(e) => {
             r.errors.push(e);
             return r;
         }
     };
-    match vm
-        .wait_line(|l| l.contains(LISTENING), BOOT_TIMEOUT)
-        .map(|(t, _)| t)
-    {
-        Some(at) => {
-            r.boot_s = Some(at.duration_since(t0).as_secs_f64());
-            if let Err(e) = measure(&sock, plan, &mut r) {
-                r.errors.push(e);
-            }
-        }
-        None => r.errors.push("the guest never listened".into()),
+    while !vm.console_marker_seen() && !vm.has_ended() && t0.elapsed() < BOOT_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let console = vm.tail(15);
-    let stderr = vm.stop();
+    if vm.console_marker_seen() {
+        r.boot_s = Some(t0.elapsed().as_secs_f64());
+        if let Err(e) = measure(&vm, &sock, plan, &mut r) {
+            r.errors.push(e);
+        }
+    } else {
+        r.errors.push("the guest never listened".into());
+    }
+    let exit = vm.kill();
     if !r.errors.is_empty() {
+        let text = capture.text();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
         eprintln!(
-            "bench: vsock boot failed in part: {}\n--- console (end)\n{console}\n--- stderr\n{stderr}",
-            r.errors.join("; ")
+            "bench: vsock boot failed in part: {}\n--- console (end)\n{}\n--- exit: {:?}",
+            r.errors.join("; "),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            exit.reason
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -325,8 +339,16 @@ fn main() {
             harness::median(&mib_s[i]),
         ));
     }
-    rows.push(row("spawn to xfer listening (s)", harness::median(&boot)));
-    rows.push(format!("| {:<44} | {:>10} |", "vCPU exits per MiB", "n/a"));
+    rows.push(row("start to xfer listening (s)", harness::median(&boot)));
+    let exits: Vec<Vec<f64>> = (0..SIZES.len())
+        .map(|i| rounds.iter().filter_map(|r| r.exits_per_mib[i]).collect())
+        .collect();
+    for (i, len) in SIZES.iter().enumerate() {
+        rows.push(row(
+            &format!("vCPU exits per MiB, echo {} MiB", len >> 20),
+            harness::median(&exits[i]),
+        ));
+    }
 
     let errors: Vec<&String> = rounds.iter().flat_map(|r| &r.errors).collect();
     let v = json!({
@@ -345,10 +367,9 @@ fn main() {
         "rtt_1_byte_ms": summary(&rtt),
         "connect_to_ok_ms": summary(&setup),
         "echo_mib_s": SIZES.iter().zip(&mib_s).map(|(len, v)| json!({"bytes": len, "samples": v, "median": harness::median(v)})).collect::<Vec<_>>(),
-        "spawn_to_listening_s": boot,
-        "exits_per_mib": null,
-        "exits_per_mib_note": "Ember exposes no vCPU exit count (vmm API, --boot-timer)",
-        "samples": rounds.iter().map(|r| json!({"rtt_ms": r.rtt_ms, "connect_to_ok_ms": r.setup_ms, "echo_mib_s": r.mib_s, "errors": r.errors})).collect::<Vec<_>>(),
+        "start_to_listening_s": boot,
+        "exits_per_mib": SIZES.iter().zip(&exits).map(|(len, v)| json!({"bytes": len, "samples": v, "median": harness::median(v)})).collect::<Vec<_>>(),
+        "samples": rounds.iter().map(|r| json!({"rtt_ms": r.rtt_ms, "connect_to_ok_ms": r.setup_ms, "echo_mib_s": r.mib_s, "exits_per_mib": r.exits_per_mib, "errors": r.errors})).collect::<Vec<_>>(),
         "errors": errors,
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -368,8 +389,8 @@ fn main() {
     println!(
         "virtio-vsock from the host (Firecracker's protocol) to the guest's `xfer echo`: {boots} \
          boot(s), {} echoes and {} connections each, samples pooled, throughput the median; no \
-         peer on this host (no vhost-vsock); vCPU exits per MiB: Ember exposes no exit count; \
-         {:.0} s\n\n{}\n\nJSON: {}\nplot: {}",
+         peer on this host (no vhost-vsock); exits per MiB from KVM's statistics, both \
+         directions counted; {:.0} s\n\n{}\n\nJSON: {}\nplot: {}",
         plan.echoes,
         plan.connects,
         started.elapsed().as_secs_f64(),

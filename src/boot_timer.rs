@@ -53,3 +53,11 @@ pub fn phase_table(process_start: Instant, t: &Timestamps) -> String {
     }
     out
 }
+
+/// The line after the table: the VM's exits over its life, from KVM's statistics.
+pub fn exits_line(c: &vmm::ExitCounts) -> String {
+    format!(
+        "ember:   vCPU exits: {} (I/O {}, MMIO {}, host interrupt {}, hlt {}, signal {})\n",
+        c.exits, c.io_exits, c.mmio_exits, c.irq_exits, c.halt_exits, c.signal_exits
+    )
+}

@@ -371,6 +371,9 @@ fn run(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
             "{}",
             boot_timer::phase_table(process_start, &exit.timestamps)
         );
+        if let Some(c) = handle.exit_counts() {
+            eprint!("{}", boot_timer::exits_line(&c));
+        }
     }
     let sig = SIGNAL.load(Ordering::SeqCst);
     if sig != 0 {
@@ -479,6 +482,9 @@ fn run_api(cli: Cli, process_start: std::time::Instant) -> Result<u8, String> {
                     .as_secs_f64()
                     * 1e3
             );
+        }
+        if let Some(c) = &outcome.exits {
+            eprint!("{}", boot_timer::exits_line(c));
         }
     }
     if let Some(sig) = outcome.signal {

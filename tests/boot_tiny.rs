@@ -262,3 +262,38 @@ fn an_instruction_kvm_cannot_emulate_ends_the_vm_with_status_4() {
         assert!(r.stdout.contains("tiny: cmpxchg16b ok"), "{r:?}");
     }
 }
+
+/// `--boot-timer` ends with the VM's exits as KVM counted them: a guest that makes 3000 port
+/// writes (or MMIO writes) to unclaimed addresses shows at least 3000 exits more than one that
+/// exits at once. (Only the total: kvm-pvm leaves KVM's per-kind counters at zero.)
+#[test]
+fn boot_timer_reports_the_exits_kvm_counted() {
+    if !require_kvm() {
+        return;
+    }
+    let exits = |action: &str| -> u64 {
+        let r = tiny(&format!("action={action}"), &["--boot-timer"]);
+        assert_eq!(r.code(), 0, "{r:?}");
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("vCPU exits:"))
+            .unwrap_or_else(|| panic!("no exits line: {r:?}"));
+        line.split("vCPU exits:")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let base = exits("exit:0");
+    let io = exits("ioloop:3000");
+    let mmio = exits("mmioloop:3000");
+    assert!(
+        io >= base + 3000,
+        "{io} exits with 3000 port writes, {base} without"
+    );
+    assert!(
+        mmio >= base + 3000,
+        "{mmio} exits with 3000 MMIO writes, {base} without"
+    );
+}

@@ -89,6 +89,8 @@ pub struct Outcome {
     pub exit: Option<VmExit>,
     /// The first stop signal, if one came.
     pub signal: Option<i32>,
+    /// The VM's exits over its life, where KVM counts them.
+    pub exits: Option<vmm::ExitCounts>,
 }
 
 /// Metrics are written this often once the VM runs, as Firecracker does.
@@ -164,12 +166,14 @@ impl Controller {
 
     fn finish(mut self) -> Outcome {
         let exit = self.vm.as_mut().map(|h| h.wait());
+        let exits = self.vm.as_ref().and_then(VmHandle::exit_counts);
         if let Some(m) = self.metrics.as_mut() {
-            m.write(self.requests, self.request_fails, "Stopped");
+            m.write(self.requests, self.request_fails, "Stopped", exits.as_ref());
         }
         Outcome {
             exit,
             signal: self.signal,
+            exits,
         }
     }
 
@@ -185,8 +189,9 @@ impl Controller {
         if self.next_metrics.is_some_and(|d| d <= now) {
             self.next_metrics = Some(now + METRICS_PERIOD);
             let state = self.state();
+            let exits = self.vm.as_ref().and_then(VmHandle::exit_counts);
             if let Some(m) = self.metrics.as_mut() {
-                m.write(self.requests, self.request_fails, state);
+                m.write(self.requests, self.request_fails, state, exits.as_ref());
             }
         }
     }
@@ -345,8 +350,9 @@ impl Controller {
             }
             Action::FlushMetrics => {
                 let state = self.state();
+                let exits = self.vm.as_ref().and_then(VmHandle::exit_counts);
                 if let Some(m) = self.metrics.as_mut() {
-                    m.write(self.requests, self.request_fails, state);
+                    m.write(self.requests, self.request_fails, state, exits.as_ref());
                 }
                 Ok(None)
             }

@@ -1,7 +1,8 @@
 //! `PUT /metrics`: one JSON line per flush to a file or named pipe, as Firecracker writes its
 //! metrics (on `FlushMetrics`, every 60 s once the VM runs, and at the end), with its
 //! `utc_timestamp_ms`, optional `id` and `properties`. The counters are Ember's own (API
-//! requests and failures, the VM's state), not Firecracker's long list of device counters.
+//! requests and failures, the VM's state, and under `vcpu` the VM's exits as KVM counts
+//! them), not Firecracker's long list of device counters.
 
 use std::fs::File;
 use std::io::Write;
@@ -52,7 +53,13 @@ impl MetricsSink {
     }
 
     /// Writes one line; a line that does not fit (a full pipe) is dropped and counted.
-    pub fn write(&mut self, requests: u64, request_fails: u64, vm_state: &str) {
+    pub fn write(
+        &mut self,
+        requests: u64,
+        request_fails: u64,
+        vm_state: &str,
+        exits: Option<&vmm::ExitCounts>,
+    ) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -63,6 +70,9 @@ impl MetricsSink {
         });
         if let Some(id) = &self.id {
             line["id"] = json!(id);
+        }
+        if let Some(e) = exits {
+            line["vcpu"] = json!(e);
         }
         if let Some(p) = &self.properties {
             line["properties"] = json!(p);
@@ -89,8 +99,13 @@ mod tests {
             properties: Some([("team".to_string(), "a".to_string())].into()),
         };
         let mut m = MetricsSink::open(&cfg, "vm1").expect("open");
-        m.write(3, 1, "Running");
-        m.write(4, 1, "Paused");
+        m.write(3, 1, "Running", None);
+        let exits = vmm::ExitCounts {
+            exits: 7,
+            mmio_exits: 2,
+            ..Default::default()
+        };
+        m.write(4, 1, "Paused", Some(&exits));
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -101,6 +116,9 @@ mod tests {
         assert_eq!(lines[0]["properties"]["team"], "a");
         assert_eq!(lines[1]["api_server"]["requests"], 4);
         assert_eq!(lines[1]["vmm"]["state"], "Paused");
+        assert!(lines[0].get("vcpu").is_none());
+        assert_eq!(lines[1]["vcpu"]["exits"], 7);
+        assert_eq!(lines[1]["vcpu"]["mmio_exits"], 2);
         let _ = std::fs::remove_file(&path);
     }
 }

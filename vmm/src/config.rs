@@ -561,7 +561,13 @@ enum FileCheck {
 }
 
 fn check_file(path: &Path) -> Result<(), FileCheck> {
-    let f = std::fs::File::open(path).map_err(FileCheck::Io)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(FileCheck::Io)?;
     let meta = f.metadata().map_err(FileCheck::Io)?;
     if meta.is_file() {
         Ok(())
@@ -724,6 +730,15 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Initrd { .. })));
         c.initrd = Some("/".into());
         assert!(matches!(c.validate(), Err(ConfigError::NotAFile(_))));
+        // A FIFO with no writer is refused, not waited on.
+        let fifo = std::env::temp_dir().join(format!("ember-fifo-{}", std::process::id()));
+        let name = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        c.initrd = Some(fifo.clone());
+        let r = c.validate();
+        let _ = std::fs::remove_file(&fifo);
+        assert!(matches!(r, Err(ConfigError::NotAFile(_))), "{r:?}");
         let missing = VmConfig::new("/nonexistent/vmlinux");
         assert!(matches!(
             missing.validate(),

@@ -19,6 +19,7 @@ pub mod control;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
+pub mod kvm_stats;
 pub mod kvm_vm;
 pub mod memory;
 pub mod pvm;
@@ -35,6 +36,7 @@ pub use config::{
 pub use console::{Capture, Console, ConsoleInput, ConsoleOutput};
 pub use control::PauseError;
 pub use exit::ExitReason;
+pub use kvm_stats::ExitCounts;
 pub use vm::{RestoreOptions, Timestamps, Vm, VmEndWaiter, VmExit, VmHandle, VmStopper};
 
 /// Errors starting a VM.

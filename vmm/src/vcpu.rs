@@ -311,6 +311,11 @@ impl Vcpu {
         self.fd
     }
 
+    /// KVM's statistics of this vCPU (its exit counters).
+    pub fn open_stats(&self) -> std::io::Result<crate::kvm_stats::VcpuStats> {
+        crate::kvm_stats::VcpuStats::open(&self.fd)
+    }
+
     /// This vCPU's index.
     pub fn id(&self) -> u8 {
         self.id

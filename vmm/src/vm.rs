@@ -553,6 +553,15 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         // Before any seccomp filter: finding the MSR list takes system ioctls.
         crate::vcpu::snapshot_msrs(&vm, first);
     }
+    // Exit counters for `VmHandle::exit_counts` (none if any vCPU has no statistics).
+    let vcpu_stats = vcpus
+        .iter()
+        .map(Vcpu::open_stats)
+        .collect::<std::io::Result<Vec<_>>>()
+        .unwrap_or_else(|e| {
+            log::debug!("no KVM statistics: {e}");
+            Vec::new()
+        });
     let snapshot_sources = Arc::new(Mutex::new(Some(SnapshotSources {
         file_backed,
         vm_fd: vm.fd.clone(),
@@ -637,6 +646,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         snapshot_sources,
         snapshot_lock: Mutex::new(()),
         _vsock_socket: vsock_socket,
+        vcpu_stats,
     })
 }
 
@@ -653,6 +663,8 @@ pub struct VmHandle {
     /// Removes the vsock socket file when the handle goes (not on the VM's own threads,
     /// whose seccomp filters allow no `unlink`).
     _vsock_socket: Option<crate::device_manager::SocketFile>,
+    /// Each vCPU's KVM statistics (empty where the kernel has none).
+    vcpu_stats: Vec<crate::kvm_stats::VcpuStats>,
 }
 
 /// What a snapshot reads besides the vCPUs: the VM's clock, memory, configuration, devices.
@@ -744,6 +756,16 @@ impl VmHandle {
     /// Lets a paused VM continue exactly where it was.
     pub fn resume(&self) {
         self.control.resume();
+    }
+
+    /// The VM's exits so far, summed over its vCPUs, from KVM's statistics (counted by the
+    /// kernel, so free for the run loop; still readable after the VM ends); None where the
+    /// kernel keeps none.
+    pub fn exit_counts(&self) -> Option<crate::kvm_stats::ExitCounts> {
+        if self.vcpu_stats.is_empty() {
+            return None;
+        }
+        crate::kvm_stats::total(&self.vcpu_stats).ok()
     }
 
     /// Whether the console marker of the configuration (`VmConfig::console_marker`) has
