@@ -286,6 +286,13 @@ fn inet_checksum(b: &[u8]) -> u16 {
 /// two round trips after its last send, which counted replies a slow guest still had queued
 /// as lost.
 fn ping(ns: &str, count: u32, interval: Duration) -> Result<Pings, String> {
+    // Sequence numbers are 16 bits; each call has its own identifier, so a very late reply
+    // to an earlier call is not taken for one of this call's.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    if count == 0 || count > 65_536 {
+        return Err(format!("{count} pings: use 1 to 65536"));
+    }
+    let id = (std::process::id() as u16) ^ CALLS.fetch_add(1, Ordering::Relaxed);
     let ns = ns.to_string();
     let t = std::thread::spawn(move || -> Result<Pings, String> {
         use std::os::fd::{FromRawFd, OwnedFd};
@@ -311,7 +318,7 @@ fn ping(ns: &str, count: u32, interval: Duration) -> Result<Pings, String> {
             tv_usec: 2000,
         };
         // SAFETY: a timeval of the right size for SO_RCVTIMEO.
-        unsafe {
+        let r = unsafe {
             libc::setsockopt(
                 sock.as_raw_fd(),
                 libc::SOL_SOCKET,
@@ -320,6 +327,13 @@ fn ping(ns: &str, count: u32, interval: Duration) -> Result<Pings, String> {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
+        if r != 0 {
+            // Without it a receive could wait for ever.
+            return Err(format!(
+                "receive timeout: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         let ip: std::net::Ipv4Addr = GUEST_IP.parse().map_err(|e| format!("{e}"))?;
         let dst = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -329,7 +343,6 @@ fn ping(ns: &str, count: u32, interval: Duration) -> Result<Pings, String> {
             },
             sin_zero: [0; 8],
         };
-        let id = (std::process::id() as u16) ^ 0x4d45;
         let n = count as usize;
         let mut sent_at: Vec<Option<Instant>> = vec![None; n];
         let mut rtt: Vec<Option<f64>> = vec![None; n];

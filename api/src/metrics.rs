@@ -1,8 +1,8 @@
 //! `PUT /metrics`: one JSON line per flush to a file or named pipe, as Firecracker writes its
 //! metrics (on `FlushMetrics`, every 60 s once the VM runs, and at the end), with its
 //! `utc_timestamp_ms`, optional `id` and `properties`. The counters are Ember's own (API
-//! requests and failures, the VM's state, and under `vcpu` the VM's exits as KVM counts
-//! them), not Firecracker's long list of device counters.
+//! requests and failures, the VM's state, and under `kvm_exits` the VM's exits as KVM
+//! counts them; not under Firecracker's `vcpu`, whose fields differ), not Firecracker's long list of device counters.
 
 use std::fs::File;
 use std::io::Write;
@@ -72,7 +72,7 @@ impl MetricsSink {
             line["id"] = json!(id);
         }
         if let Some(e) = exits {
-            line["vcpu"] = json!(e);
+            line["kvm_exits"] = json!(e);
         }
         if let Some(p) = &self.properties {
             line["properties"] = json!(p);
@@ -116,9 +116,9 @@ mod tests {
         assert_eq!(lines[0]["properties"]["team"], "a");
         assert_eq!(lines[1]["api_server"]["requests"], 4);
         assert_eq!(lines[1]["vmm"]["state"], "Paused");
-        assert!(lines[0].get("vcpu").is_none());
-        assert_eq!(lines[1]["vcpu"]["exits"], 7);
-        assert_eq!(lines[1]["vcpu"]["mmio_exits"], 2);
+        assert!(lines[0].get("kvm_exits").is_none());
+        assert_eq!(lines[1]["kvm_exits"]["exits"], 7);
+        assert_eq!(lines[1]["kvm_exits"]["mmio_exits"], 2);
         let _ = std::fs::remove_file(&path);
     }
 }

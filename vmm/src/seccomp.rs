@@ -4,7 +4,8 @@
 //!   among ioctls; console and eventfd writes; allocation; locks; the kick signal; thread exit.
 //! - `vmm`: the event-loop thread: epoll, eventfd and console reads and writes, virtio-blk
 //!   I/O (`preadv`, `pwritev`, `fdatasync`), `tgkill` to kick vCPUs, teardown.
-//! - `main`: the `ember` CLI's own threads once the VM runs (waiting, terminal restore).
+//! - `main`: the `ember` CLI's own threads once the VM runs (waiting, terminal restore, KVM's
+//!   exit counters read with `pread`).
 //!
 //! Each thread installs its filter itself, before the guest's first instruction for vCPU and
 //! event-loop threads. What a call outside the list does depends on the mode:

@@ -79,6 +79,8 @@ struct RunningVm {
     console_out: Arc<Mutex<crate::console::ConsoleOutputHandler>>,
     em: crate::event_loop::Manager,
     buses: Arc<crate::vcpu::IoBuses>,
+    /// The vCPUs' statistics descriptors, closed once they stop (they hold the KVM VM).
+    exit_stats: Arc<crate::kvm_stats::ExitStats>,
     /// Held, not used: the KVM VM and then guest memory must outlive every vCPU thread.
     _vm: KvmVm,
     _mem: crate::memory::GuestMemoryMmap,
@@ -87,6 +89,7 @@ struct RunningVm {
 impl Drop for RunningVm {
     fn drop(&mut self) {
         stop_vcpus(&self.control, std::mem::take(&mut self.vcpu_threads));
+        self.exit_stats.finish();
         self.snapshot_sources
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -554,14 +557,16 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         crate::vcpu::snapshot_msrs(&vm, first);
     }
     // Exit counters for `VmHandle::exit_counts` (none if any vCPU has no statistics).
-    let vcpu_stats = vcpus
-        .iter()
-        .map(Vcpu::open_stats)
-        .collect::<std::io::Result<Vec<_>>>()
-        .unwrap_or_else(|e| {
-            log::debug!("no KVM statistics: {e}");
-            Vec::new()
-        });
+    let exit_stats = Arc::new(crate::kvm_stats::ExitStats::new(
+        vcpus
+            .iter()
+            .map(Vcpu::open_stats)
+            .collect::<std::io::Result<Vec<_>>>()
+            .unwrap_or_else(|e| {
+                log::debug!("no KVM statistics: {e}");
+                Vec::new()
+            }),
+    ));
     let snapshot_sources = Arc::new(Mutex::new(Some(SnapshotSources {
         file_backed,
         vm_fd: vm.fd.clone(),
@@ -587,6 +592,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         console_out: devices.console_out,
         em,
         buses: Arc::new(devices.buses),
+        exit_stats: exit_stats.clone(),
         _vm: vm,
         _mem: mem,
     };
@@ -646,7 +652,7 @@ fn launch(parts: Parts, times: (Instant, Instant, Instant, Instant)) -> Result<V
         snapshot_sources,
         snapshot_lock: Mutex::new(()),
         _vsock_socket: vsock_socket,
-        vcpu_stats,
+        exit_stats,
     })
 }
 
@@ -663,8 +669,8 @@ pub struct VmHandle {
     /// Removes the vsock socket file when the handle goes (not on the VM's own threads,
     /// whose seccomp filters allow no `unlink`).
     _vsock_socket: Option<crate::device_manager::SocketFile>,
-    /// Each vCPU's KVM statistics (empty where the kernel has none).
-    vcpu_stats: Vec<crate::kvm_stats::VcpuStats>,
+    /// The VM's exit counts (the descriptors close at the VM's end).
+    exit_stats: Arc<crate::kvm_stats::ExitStats>,
 }
 
 /// What a snapshot reads besides the vCPUs: the VM's clock, memory, configuration, devices.
@@ -759,13 +765,10 @@ impl VmHandle {
     }
 
     /// The VM's exits so far, summed over its vCPUs, from KVM's statistics (counted by the
-    /// kernel, so free for the run loop; still readable after the VM ends); None where the
+    /// kernel, so free for the run loop); after the VM's end, its last counts. None where the
     /// kernel keeps none.
     pub fn exit_counts(&self) -> Option<crate::kvm_stats::ExitCounts> {
-        if self.vcpu_stats.is_empty() {
-            return None;
-        }
-        crate::kvm_stats::total(&self.vcpu_stats).ok()
+        self.exit_stats.counts()
     }
 
     /// Whether the console marker of the configuration (`VmConfig::console_marker`) has
