@@ -444,11 +444,11 @@ mod tests {
         let crc = crc32fast::hash(&payload);
         std::fs::write(&path, file(99, 12, crc, &payload)).expect("write");
         assert!(matches!(read(&dir), Err(SnapshotError::Version(99))));
-        std::fs::write(&path, file(1, 40, crc, &payload)).expect("write");
+        std::fs::write(&path, file(FORMAT_VERSION, 40, crc, &payload)).expect("write");
         assert!(matches!(read(&dir), Err(SnapshotError::Truncated(_))));
-        std::fs::write(&path, file(1, 12, crc ^ 1, &payload)).expect("write");
+        std::fs::write(&path, file(FORMAT_VERSION, 12, crc ^ 1, &payload)).expect("write");
         assert!(matches!(read(&dir), Err(SnapshotError::Checksum(_))));
-        std::fs::write(&path, file(1, 12, crc, &payload)).expect("write");
+        std::fs::write(&path, file(FORMAT_VERSION, 12, crc, &payload)).expect("write");
         assert!(matches!(read(&dir), Err(SnapshotError::Decode(_))));
         let _ = std::fs::remove_dir_all(dir);
     }
