@@ -322,6 +322,12 @@ fn bad_requests_get_firecrackers_answers_and_the_vm_and_the_api_keep_working() {
         "/machine-config",
         r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
     );
+    let metrics = dir.join("metrics.json");
+    e.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, s(&metrics)),
+    );
     e.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     let after = "The requested operation is not supported after starting the microVM.";
     assert_eq!(
@@ -350,6 +356,14 @@ fn bad_requests_get_firecrackers_answers_and_the_vm_and_the_api_keep_working() {
             Some(r#"{"snapshot_path": "/x", "mem_file_path": "/y"}"#)
         )
         .contains("must be paused first"));
+    // A flushed metrics line carries the VM's exits: the guest polls the i8042 port, so
+    // there are some.
+    e.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a metrics line")).expect("JSON line");
+    let exits = last["kvm_exits"]["exits"].as_u64();
+    assert!(exits.is_some_and(|n| n > 0), "{last}");
     // Pause and resume work, the guest is alive and answers Ctrl+Alt+Del with its status 77.
     e.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     assert_eq!(e.state(), "Paused");
