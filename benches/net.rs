@@ -23,7 +23,11 @@
 //!
 //! After them the guest prints its NIC's `/proc/interrupts` line: interrupts taken from boot
 //! to the end of the transfers (each costs emulated guest-kernel work here), shown beside the
-//! throughput to explain it.
+//! throughput to explain it. The vCPU's exits, as KVM counts them, from the spawn to the end of
+//! the pings, are read the same way under both VMMs: Ember prints its count under
+//! `--boot-timer` when stopped (`--stop-grace 0`, so no shutdown is counted), QEMU answers QMP's
+//! `query-stats` just before it is killed. The guest's work is the same, so a difference is
+//! what the VMM makes the guest exit for.
 //!
 //! Then, from the namespace, ICMP echo requests to the guest at 5/s and at 100/s (ping(8)'s
 //! packets, sent by this process over a raw socket): round trip min, median and p99 (the
@@ -439,6 +443,10 @@ struct RunFigures {
     /// The NIC's interrupts the guest took from boot to the end of the transfers (its
     /// `/proc/interrupts` line): interrupt coalescing shows here.
     guest_irqs: Option<f64>,
+    /// The vCPU's exits as KVM counted them, from the spawn to the end of the pings: Ember's
+    /// `--boot-timer` line, QEMU's QMP `query-stats`. The same guest work under both, so a
+    /// difference is what the VMM makes the guest exit for.
+    exits: Option<f64>,
     errors: Vec<String>,
 }
 
@@ -456,6 +464,7 @@ impl RunFigures {
             "ping_fast": p(&self.fast),
             "spawn_to_first_connection_s": self.boot_s,
             "guest_irqs": self.guest_irqs,
+            "vcpu_exits": self.exits,
             "errors": self.errors,
         })
     }
@@ -474,7 +483,18 @@ fn guest_script(port: u16, bytes: u64) -> String {
     )
 }
 
-fn vmm_command(vmm: Vmm, ns: &str, plan: &Plan, script: &str) -> Command {
+/// QEMU's QMP socket for run `run`.
+fn qmp_path(run: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ember-bench-net-{}-{run}.qmp", std::process::id()))
+}
+
+/// The count on Ember's `--boot-timer` line `vCPU exits: N (...)`.
+fn ember_exits(stderr: &str) -> Option<f64> {
+    let rest = stderr.split("vCPU exits: ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn vmm_command(vmm: Vmm, ns: &str, plan: &Plan, script: &str, run: u16) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
     match vmm {
@@ -486,6 +506,10 @@ fn vmm_command(vmm: Vmm, ns: &str, plan: &Plan, script: &str) -> Command {
                 &plan.initrd,
                 "--memory",
                 &format!("{GUEST_MIB}M"),
+                // The exit count at the end, and no shutdown work counted in it.
+                "--boot-timer",
+                "--stop-grace",
+                "0",
                 "--net",
                 &format!("tap=tap0,mac={GUEST_MAC}"),
                 "--cmdline",
@@ -510,6 +534,8 @@ fn vmm_command(vmm: Vmm, ns: &str, plan: &Plan, script: &str) -> Command {
                 format!("virtio-net-device,netdev=n0,mac={GUEST_MAC}"),
                 "-netdev".into(),
                 "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
+                "-qmp".into(),
+                format!("unix:{},server=on,wait=off", qmp_path(run).display()),
             ]);
             c.arg("qemu-system-x86_64").args(a);
         }
@@ -546,7 +572,7 @@ fn run_one(vmm: Vmm, ns: &str, plan: &Plan, run: u16) -> RunFigures {
     };
     let script = guest_script(port, plan.tcp_bytes);
     let t0 = Instant::now();
-    let mut vm = match Vm::spawn(&mut vmm_command(vmm, ns, plan, &script)) {
+    let mut vm = match Vm::spawn(&mut vmm_command(vmm, ns, plan, &script, run)) {
         Ok(vm) => vm,
         Err(e) => {
             abort.store(true, Ordering::Relaxed);
@@ -615,7 +641,27 @@ fn run_one(vmm: Vmm, ns: &str, plan: &Plan, run: u16) -> RunFigures {
             .push("the guest did not finish its transfers".into());
     }
     let console = vm.tail(15);
-    let stderr = vm.stop();
+    let stderr = match vmm {
+        Vmm::Ember => {
+            let stderr = vm.terminate(Duration::from_secs(10));
+            f.exits = ember_exits(&stderr);
+            stderr
+        }
+        Vmm::Qemu => {
+            let qmp = qmp_path(run);
+            match harness::qmp::Qmp::connect(&qmp, Duration::from_secs(5))
+                .and_then(|mut q| q.vcpu_exits())
+            {
+                Ok(n) => f.exits = Some(n as f64),
+                Err(e) => f.errors.push(e),
+            }
+            let _ = std::fs::remove_file(&qmp);
+            vm.stop()
+        }
+    };
+    if f.exits.is_none() && f.errors.is_empty() {
+        f.errors.push("no vCPU exit count".into());
+    }
     if !f.errors.is_empty() {
         eprintln!(
             "bench: {} run failed in part: {}\n--- console (end)\n{console}\n--- stderr (end)\n{}",
@@ -867,6 +913,13 @@ fn main() {
         "guest NIC interrupts, boot to end of transfers",
         med(&ember, |r| r.guest_irqs),
         med(&q, |r| r.guest_irqs),
+        Goal::None,
+    );
+    table.add(
+        "vcpu_exits",
+        "vCPU exits, spawn to end of pings (KVM's count)",
+        med(&ember, |r| r.exits),
+        med(&q, |r| r.exits),
         Goal::None,
     );
 

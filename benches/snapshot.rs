@@ -44,9 +44,8 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -701,66 +700,6 @@ fn clone_memory(
 // ---------------------------------------------------------------------------------------------
 // Linux: Ember's restore against QEMU's and runc.
 
-/// A QMP connection.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    /// Connects (retrying until the socket exists) and leaves capabilities negotiation.
-    fn connect(path: &Path, timeout: Duration) -> Result<Qmp, String> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("QMP {}: {e}", path.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_micros(500)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        let mut q = Qmp {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        let mut greeting = String::new();
-        q.reader
-            .read_line(&mut greeting)
-            .map_err(|e| format!("QMP greeting: {e}"))?;
-        q.cmd("qmp_capabilities", None)?;
-        Ok(q)
-    }
-
-    /// Runs `execute`; its `return`, or its error as text. Events are skipped.
-    fn cmd(&mut self, execute: &str, args: Option<Value>) -> Result<Value, String> {
-        let mut c = json!({ "execute": execute });
-        if let Some(a) = args {
-            c["arguments"] = a;
-        }
-        writeln!(self.writer, "{c}").map_err(|e| format!("QMP {execute}: {e}"))?;
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => return Err(format!("QMP {execute}: connection closed")),
-                Err(e) => return Err(format!("QMP {execute}: {e}")),
-                Ok(_) => {}
-            }
-            let v: Value = serde_json::from_str(&line).map_err(|e| format!("QMP: {e}: {line}"))?;
-            if let Some(r) = v.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(format!("QMP {execute}: {e}"));
-            }
-        }
-    }
-}
-
 /// QEMU's arguments for the Linux guest waiting for its command at "ready".
 fn qemu_linux_args(vmlinux: &Path, initrd: &Path, qmp: &Path) -> Vec<String> {
     let cmdline = format!("{} {}", harness::guest_cmdline(), vmm::command::WAIT_PARAM);
@@ -790,7 +729,7 @@ fn qemu_snapshot(vmlinux: &Path, initrd: &Path, work: &Path, file: &Path) -> Res
             tail(&o.stderr)
         ));
     };
-    let mut q = Qmp::connect(&sock, Duration::from_secs(10))?;
+    let mut q = harness::qmp::Qmp::connect(&sock, Duration::from_secs(10))?;
     let t = Instant::now();
     q.cmd(
         "migrate",
@@ -834,7 +773,7 @@ fn qemu_restore(
     let mut p = Proc::spawn(Command::new("qemu-system-x86_64").args(&args), true)
         .map_err(|e| format!("qemu: {e}"))?;
     let mut stdin = p.stdin().ok_or("no stdin")?;
-    let mut q = Qmp::connect(&sock, Duration::from_secs(30))?;
+    let mut q = harness::qmp::Qmp::connect(&sock, Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = q.cmd("query-status", None)?;

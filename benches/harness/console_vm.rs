@@ -103,6 +103,21 @@ impl ConsoleVm {
             .join("\n")
     }
 
+    /// Sends SIGTERM and waits up to `grace` for the VMM to end (then kills it); returns its
+    /// stderr, with what the VMM printed as it ended.
+    pub fn terminate(mut self, grace: Duration) -> String {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop()
+    }
+
     /// Kills the VMM; returns its stderr.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod console_vm;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
