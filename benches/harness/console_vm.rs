@@ -106,8 +106,10 @@ impl ConsoleVm {
     /// Sends SIGTERM and waits up to `grace` for the VMM to end (then kills it); returns its
     /// stderr, with what the VMM printed as it ended.
     pub fn terminate(mut self, grace: Duration) -> String {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our child's pid, which try_wait has just found not reaped.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {

@@ -4,7 +4,8 @@
 //! is written here. Receive: the TAP is watched only while the guest has posted buffers, and
 //! a frame that does not fit the buffer it gets is dropped and counted, never cut. Transmit:
 //! a frame the TAP refuses with `EAGAIN` waits and is sent when the TAP is writable again.
-//! Offered: checksum and TCP segmentation offloads both ways (mapped to the TAP's
+//! Offered: checksum and TCP segmentation offloads both ways (the TAP takes the guest's
+//! virtio-net header as is; the receive offloads the guest accepts are set with
 //! `TUNSETOFFLOAD`), mergeable receive buffers, EVENT_IDX and indirect descriptors. Not
 //! supported: multiqueue and the control queue.
 
